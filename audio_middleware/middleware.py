@@ -1,0 +1,322 @@
+"""The WSGI glue: flagged request in, audio-only rendition out.
+
+::
+
+    from audio_middleware import AudioOnlyMiddleware
+    app.wsgi_app = AudioOnlyMiddleware(app.wsgi_app)
+
+No container parsing happens here: this module decides *whether* to transform
+(flag, method, status, type, first bytes), chooses a source for the body,
+asks :mod:`audio_middleware.extract` for a plan, and turns the plan into a
+response (status, headers, Range, validators, body iterable).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable, Iterable
+from itertools import chain
+from urllib.parse import parse_qsl, urlencode
+
+from werkzeug.datastructures import ContentRange, Headers
+from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header, parse_options_header, remove_entity_headers
+
+from .body import ClosingBody, close_quietly
+from .cache import PlanCache
+from .emit import DEFAULT_BLOCK, iter_plan_bytes
+from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsRandomAccess, UnsupportedMedia
+from .extract import Selection, plan_source
+from .limits import GiB, Limits, MiB
+from .plan import LazyPlan, Plan
+from .rendition import Validators, answer_range, not_modified, validators_for
+from .sniff import Container, by_content_type, by_signature
+from .sources import FileSource, RangeSource, SequentialSource, Source, spool
+from .upstream import CaptureFileWrapper, Upstream
+
+log = logging.getLogger("audio_middleware")
+
+RANGE_POLICIES = ("serve", "ignore", "reject")
+#: Request headers never forwarded on the upstream call: the app must send the whole
+#: file, uncompressed, and we evaluate conditionals against the audio rendition ourselves.
+UPSTREAM_DROPPED = ("HTTP_RANGE", "HTTP_IF_RANGE", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_MATCH",
+                    "HTTP_IF_UNMODIFIED_SINCE", "HTTP_ACCEPT_ENCODING")
+#: Response headers that describe the video bytes (or the hop) and never the audio rendition.
+RESPONSE_DROPPED = ("Content-Length", "Content-Type", "ETag", "Content-Range", "Accept-Ranges", "Content-MD5",
+                    "Digest", "Content-Digest", "Repr-Digest", "Transfer-Encoding", "Connection", "Keep-Alive")
+
+
+class AudioOnlyMiddleware:
+    """Serve the audio-only rendition of MP4/FLV responses when ``?ali_audio_only=1``.
+
+    :param app: the WSGI application serving the videos.
+    :param param: query parameter that flags a request (its value must be ``1``).
+    :param range_policy: ``"serve"`` (206 for a single byte range on the rendition),
+        ``"ignore"`` (always the full 200) or ``"reject"`` (416 when Range is sent).
+    :param max_moov_size: largest MP4 movie header accepted, in bytes.
+    :param spool_limit: largest body copied to a temporary file when random access is
+        needed and the app neither serves a file nor honours Range.
+    :param track_param: query parameter selecting one audio track (1-based index or
+        ISO-639-2 language); ``None`` disables it.
+    :param start_param, end_param: query parameters (seconds) that clip the rendition;
+        ``None`` disables seeking.
+    :param cache_entries, cache_bytes: bounds of the in-process plan cache (0 disables it).
+    :param block_size: size of the blocks written to the server.
+    :param range_subrequests: allow internal Range sub-requests to an app that advertises
+        ``Accept-Ranges: bytes`` when random access is needed.
+    :param limits: all parsing limits at once (overrides ``max_moov_size``/``spool_limit``).
+    """
+
+    def __init__(self, app: Callable, *, param: str = "ali_audio_only", range_policy: str = "serve",
+                 max_moov_size: int = 64 * MiB, spool_limit: int = 2 * GiB, track_param: str | None = "audio_track",
+                 start_param: str | None = "start", end_param: str | None = "end", cache_entries: int = 256,
+                 cache_bytes: int = 64 * MiB, block_size: int = DEFAULT_BLOCK, range_subrequests: bool = True,
+                 limits: Limits | None = None) -> None:
+        if range_policy not in RANGE_POLICIES:
+            raise ValueError(f"range_policy must be one of {RANGE_POLICIES}, not {range_policy!r}")
+        self.app = app
+        self.param = param
+        self.range_policy = range_policy
+        self.track_param = track_param
+        self.start_param = start_param
+        self.end_param = end_param
+        self.block_size = block_size
+        self.range_subrequests = range_subrequests
+        self.limits = limits or Limits(max_moov_size=max_moov_size, spool_limit=spool_limit)
+        self.cache = PlanCache(cache_entries, cache_bytes)
+        self._own_params = {name for name in (param, track_param, start_param, end_param) if name}
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD") or not self._flagged(query):
+            return self.app(environ, start_response)
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        try:
+            selection = self._selection(query)
+        except AudioExtractionError as error:
+            return self._error(environ, start_response, error)
+        upstream_environ = self._upstream_environ(environ, query)
+        upstream = Upstream(self.app, upstream_environ)
+        try:
+            return self._respond(environ, upstream_environ, upstream, selection, head, start_response)
+        except AudioExtractionError as error:
+            close_quietly(upstream)
+            return self._error(environ, start_response, error)
+        except BaseException:
+            close_quietly(upstream)
+            raise
+
+    def _flagged(self, query: list[tuple[str, str]]) -> bool:
+        values = [value for name, value in query if name == self.param]
+        return bool(values) and values[0] == "1"
+
+    def _selection(self, query: list[tuple[str, str]]) -> Selection:
+        """Track and time window from the query; bad values are a 400."""
+        values = dict(reversed(query))  # first occurrence wins
+        track = values.get(self.track_param) if self.track_param else None
+        start = _seconds(values.get(self.start_param), self.start_param) if self.start_param else None
+        end = _seconds(values.get(self.end_param), self.end_param) if self.end_param else None
+        if start is not None and end is not None and start >= end:
+            raise InvalidRequest(f"{self.start_param} ({start}) must be before {self.end_param} ({end})")
+        if start == 0:
+            start = None
+        return Selection(track or None, start, end)
+
+    def _upstream_environ(self, environ: dict, query: list[tuple[str, str]]) -> dict:
+        """The environ the app sees: a plain GET for the whole file, our parameters removed."""
+        upstream = {key: value for key, value in environ.items() if key not in UPSTREAM_DROPPED}
+        upstream["REQUEST_METHOD"] = "GET"
+        upstream["QUERY_STRING"] = urlencode([(k, v) for k, v in query if k not in self._own_params])
+        upstream["wsgi.file_wrapper"] = CaptureFileWrapper
+        upstream["audio_middleware.server_file_wrapper"] = environ.get("wsgi.file_wrapper")
+        return upstream
+
+    # -- deciding and planning -----------------------------------------------------------------
+
+    def _respond(self, environ: dict, upstream_environ: dict, upstream: Upstream, selection: Selection, head: bool,
+                 start_response: Callable) -> Iterable[bytes]:
+        server_wrapper = environ.get("wsgi.file_wrapper")
+        if upstream.status_code != 200 or _encoded(upstream.headers):
+            return upstream.pass_through(start_response, server_wrapper)
+        mimetype = parse_options_header(upstream.headers.get("Content-Type", ""))[0]
+        declared, worth_sniffing = by_content_type(mimetype)
+        if declared is None and not worth_sniffing:
+            return upstream.pass_through(start_response, server_wrapper)
+
+        source = self._initial_source(upstream)
+        found = by_signature(source.read(0, 16))
+        if found is None:
+            if declared is not None:
+                raise MalformedMedia(f"body served as {mimetype} is not a valid {declared.value.upper()} file")
+            replay = None if source.random_access else source.replay()  # type: ignore[union-attr]
+            return upstream.pass_through(start_response, server_wrapper, replay)
+
+        validators = validators_for(upstream.headers, (found.value, selection.key))
+        base_headers = self._base_headers(upstream.headers, validators)
+        if not_modified(environ, validators):
+            close_quietly(upstream)
+            source.close()
+            remove_entity_headers(base_headers)
+            start_response("304 Not Modified", base_headers.to_wsgi_list())
+            return []
+
+        plan, source = self._plan(found, source, upstream, upstream_environ, selection, validators, environ)
+        return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head)
+
+    def _initial_source(self, upstream: Upstream) -> Source:
+        served = upstream.served_file
+        if served is not None:
+            start = _tell(served.file)
+            return FileSource(served.file, start=start, size=upstream.content_length)
+        return SequentialSource(upstream.chunks(), upstream.content_length, retain=True)
+
+    def _plan(self, container: Container, source: Source, upstream: Upstream, upstream_environ: dict,
+              selection: Selection, validators: Validators, environ: dict) -> tuple[Plan | LazyPlan, Source]:
+        key = None
+        if validators.source is not None:
+            key = (environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""), upstream_environ["QUERY_STRING"],
+                   validators.source, container.value, selection.key)
+            cached = self.cache.get(key)
+            if cached is not None and (source.random_access or cached.forward_only):
+                return cached, source
+        try:
+            plan = plan_source(container, source, self.limits, selection)
+        except NeedsRandomAccess as reason:
+            log.debug("random access needed for %s: %s", environ.get("PATH_INFO"), reason)
+            source = self._random_access(source, upstream, upstream_environ)
+            plan = plan_source(container, source, self.limits, selection)
+        if key is not None and isinstance(plan, Plan):
+            self.cache.put(key, plan)
+        return plan, source
+
+    def _random_access(self, source: Source, upstream: Upstream, upstream_environ: dict) -> Source:
+        """Replace a forward-only source: Range sub-requests if the app offers them, else spool."""
+        length = upstream.content_length
+        ranges = upstream.headers.get("Accept-Ranges", "").lower()
+        if self.range_subrequests and length and "bytes" in ranges and upstream.chunks is not None:
+            ranged = RangeSource(self._subrequest_fetcher(upstream_environ, length), length)
+            try:
+                ranged.read(0, 16)
+            except _NotRangeCapable:
+                pass
+            else:
+                return ranged
+        return spool(source, self.limits.spool_limit)  # type: ignore[arg-type]
+
+    def _subrequest_fetcher(self, upstream_environ: dict, length: int) -> Callable[[int, int], bytes]:
+        def fetch(start: int, stop: int) -> bytes:
+            environ = dict(upstream_environ)
+            environ["HTTP_RANGE"] = f"bytes={start}-{stop - 1}"
+            environ["wsgi.input"] = io.BytesIO()
+            environ["wsgi.file_wrapper"] = upstream_environ["audio_middleware.server_file_wrapper"] or \
+                CaptureFileWrapper
+            sub = Upstream(self.app, environ)
+            try:
+                answered = parse_content_range_header(sub.headers.get("Content-Range"))
+                if sub.status_code != 206 or answered is None or answered.start != start or answered.length != length:
+                    raise _NotRangeCapable(f"sub-request for bytes {start}-{stop - 1} got {sub.status}")
+                data = b"".join(sub.chunks())
+            finally:
+                sub.close()
+            return data[:stop - start]
+        return fetch
+
+    # -- answering -----------------------------------------------------------------------------
+
+    def _base_headers(self, upstream_headers: Headers, validators: Validators) -> Headers:
+        headers = Headers(upstream_headers)
+        for name in RESPONSE_DROPPED:
+            headers.remove(name)
+        if validators.etag:
+            headers["ETag"] = validators.etag
+        return headers
+
+    def _send(self, environ: dict, start_response: Callable, upstream: Upstream, source: Source,
+              plan: Plan | LazyPlan, headers: Headers, validators: Validators, head: bool) -> Iterable[bytes]:
+        headers["Content-Type"] = plan.content_type
+        status = "200 OK"
+        if isinstance(plan, LazyPlan):
+            _release(source)
+            first = next(plan.pieces, None)  # errors found before the first byte become HTTP errors
+            pieces = plan.pieces if first is None else chain([first], plan.pieces)
+            if self.range_policy == "reject" and environ.get("HTTP_RANGE"):
+                raise _Unsatisfiable(None)
+            headers["Accept-Ranges"] = "none"
+        else:
+            pieces = plan.pieces
+            length = plan.length
+            if self.range_policy != "ignore" and environ.get("HTTP_RANGE"):
+                answer = answer_range(environ, length, validators)
+                if self.range_policy == "reject" or not answer.satisfiable:
+                    raise _Unsatisfiable(length)
+                if answer.partial:
+                    status = "206 Partial Content"
+                    pieces = plan.slice(answer.start, answer.stop)
+                    headers["Content-Range"] = ContentRange("bytes", answer.start, answer.stop, length).to_header()
+                    length = answer.stop - answer.start
+            headers["Content-Length"] = str(length)
+            headers["Accept-Ranges"] = "bytes" if self.range_policy == "serve" else "none"
+            _release(source)
+        start_response(status, headers.to_wsgi_list())
+        if head:
+            close_quietly(upstream)
+            source.close()
+            return []
+        return ClosingBody(iter_plan_bytes(pieces, source, self.block_size), source.close, upstream.close)
+
+    def _error(self, environ: dict, start_response: Callable, error: AudioExtractionError) -> Iterable[bytes]:
+        status = error.http_status
+        log.log(logging.INFO if status < 500 else logging.WARNING, "audio-only %s%s: %s (%s)",
+                environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""), error, type(error).__name__)
+        body = f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}: {error}\n".encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                   ("Cache-Control", "no-store")]
+        if isinstance(error, _Unsatisfiable) and error.length is not None:
+            headers.append(("Content-Range", f"bytes */{error.length}"))
+        start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'Error')}", headers)
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+class _NotRangeCapable(UnsupportedMedia):
+    """The app advertised Accept-Ranges but did not answer a sub-request with the right 206."""
+
+
+class _Unsatisfiable(AudioExtractionError):
+    http_status = 416
+
+    def __init__(self, length: int | None) -> None:
+        super().__init__("the requested range is not satisfiable for the audio rendition")
+        self.length = length
+
+
+def _seconds(raw: str | None, name: str | None) -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidRequest(f"{name} must be a non-negative number of seconds, not {raw!r}")
+    return value
+
+
+def _encoded(headers: Headers) -> bool:
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    return encoding not in ("", "identity")
+
+
+def _tell(fileobj: object) -> int:
+    try:
+        return int(fileobj.tell())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, TypeError):
+        return 0
+
+
+def _release(source: Source) -> None:
+    """Planning is over: a forward-only source may now forget bytes behind it."""
+    if isinstance(source, SequentialSource):
+        source.retain = False

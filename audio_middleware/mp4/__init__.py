@@ -1,0 +1,39 @@
+"""MP4 family (MP4, MOV, M4A, 3GP, F4V): bytes in, Plan out.
+
+No WSGI, no HTTP: :func:`plan_mp4` reads a :class:`~audio_middleware.sources.Source`
+and returns a plan. The command line and the job API use it directly.
+"""
+
+from __future__ import annotations
+
+from ..limits import Limits
+from ..plan import LazyPlan, Plan
+from ..sources import Source
+from .layout import find_moov
+from .movie import parse_movie, select_audio
+from .progressive import plan_progressive
+
+__all__ = ["plan_mp4"]
+
+
+def plan_mp4(source: Source, limits: Limits, *, track: str | None = None, start: float | None = None,
+             end: float | None = None) -> Plan | LazyPlan:
+    """Plan the audio-only rendition of an MP4-family source.
+
+    ``track`` selects one audio track (1-based index or ISO-639-2 language);
+    by default every audio track is kept. ``start``/``end`` (seconds) clip it.
+    Raises :class:`NeedsRandomAccess` on a forward-only source whose moov comes
+    after the media data.
+    """
+    layout = find_moov(source, limits)
+    movie = parse_movie(layout.moov, limits)
+    kept = select_audio(movie, track)
+    if start is not None or end is not None:
+        from .clip import plan_clipped
+
+        return plan_clipped(layout, movie, kept, source.size, limits, start, end)
+    if movie.fragmented:
+        from .fragments import plan_fragmented
+
+        return plan_fragmented(source, layout, movie, kept, limits)
+    return plan_progressive(layout, movie, kept, source.size, limits)

@@ -1,0 +1,172 @@
+"""A small ISO-BMFF box reader and writer with explicit size rules.
+
+Sizes follow ISO/IEC 14496-12 4.2: ``size`` counts the whole box; 1 means a
+64-bit ``largesize`` follows the type; 0 means "to the end of the enclosing
+space" (file or parent). A ``uuid`` box carries 16 more header bytes. Every
+size is checked against the space that contains it before it is trusted.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from ..errors import LimitExceeded, MalformedMedia
+
+HEADER = struct.Struct(">I4s")
+LARGESIZE = struct.Struct(">Q")
+U32 = struct.Struct(">I")
+MAX_U32 = 0xFFFFFFFF
+
+#: Boxes whose payload is nothing but child boxes, which we may descend into and rebuild.
+CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl", b"mvex", b"edts", b"dinf", b"udta", b"moof",
+                        b"traf", b"mfra", b"tref"})
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """Where a box sits: ``offset`` of its first header byte, its header and total size."""
+
+    type: bytes
+    offset: int
+    header_size: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+    @property
+    def payload_offset(self) -> int:
+        return self.offset + self.header_size
+
+    @property
+    def payload_size(self) -> int:
+        return self.size - self.header_size
+
+    @property
+    def name(self) -> str:
+        return self.type.decode("latin-1")
+
+
+def parse_header(data: bytes | memoryview, offset: int, limit: int | None, *, base: int = 0) -> Box:
+    """Read the box header at ``data[offset:]``.
+
+    ``limit`` is where the enclosing space ends (an index into ``data``'s
+    coordinate space), or None when it is unknown (a stream of unknown length;
+    then a size-0 box is refused). ``base`` is added to offsets in the result,
+    so that a header read from a small buffer can carry its position in the file.
+    """
+    available = len(data) - offset
+    if available < 8:
+        raise MalformedMedia(f"box header at byte {base + offset} is cut short")
+    size, kind = HEADER.unpack_from(data, offset)
+    header = 8
+    if size == 1:
+        if available < 16:
+            raise MalformedMedia(f"64-bit box header at byte {base + offset} is cut short")
+        (size,) = LARGESIZE.unpack_from(data, offset + 8)
+        header = 16
+    elif size == 0:
+        if limit is None:
+            raise MalformedMedia(f"box '{_name(kind)}' at byte {base + offset} extends to an unknown end")
+        size = limit - offset
+    if kind == b"uuid":
+        header += 16
+    if size < header:
+        raise MalformedMedia(f"box '{_name(kind)}' at byte {base + offset} has size {size}, smaller than its header")
+    if limit is not None and offset + size > limit:
+        raise MalformedMedia(
+            f"box '{_name(kind)}' at byte {base + offset} claims {size} bytes, only {limit - offset} available"
+        )
+    return Box(kind, base + offset, header, size)
+
+
+def iter_children(data: bytes | memoryview, start: int, end: int) -> Iterator[Box]:
+    """The boxes laid end to end in ``data[start:end]``.
+
+    Fewer than 8 trailing bytes are ignored (QuickTime ends some lists with a
+    32-bit zero terminator). Each step advances by at least 8 bytes.
+    """
+    if end > len(data):
+        raise MalformedMedia("box list runs past the data holding it")
+    pos = start
+    while end - pos >= 8:
+        box = parse_header(data, pos, end)
+        yield box
+        pos = box.end
+
+
+def children_by_type(data: bytes | memoryview, box: Box) -> dict[bytes, list[Box]]:
+    """Group a container's children by type (duplicates kept, in order)."""
+    found: dict[bytes, list[Box]] = {}
+    for child in iter_children(data, box.payload_offset, box.end):
+        found.setdefault(child.type, []).append(child)
+    return found
+
+
+def only_child(data: bytes | memoryview, box: Box, kind: bytes, *, required: bool = True) -> Box | None:
+    """The single child of ``kind``; two of them is malformed (duplicate-atom attacks)."""
+    matches = [child for child in iter_children(data, box.payload_offset, box.end) if child.type == kind]
+    if len(matches) > 1:
+        raise MalformedMedia(f"'{box.name}' at byte {box.offset} holds {len(matches)} '{_name(kind)}' boxes")
+    if not matches:
+        if required:
+            raise MalformedMedia(f"'{box.name}' at byte {box.offset} has no '{_name(kind)}' box")
+        return None
+    return matches[0]
+
+
+def child_path(data: bytes | memoryview, box: Box, *kinds: bytes) -> Box:
+    """Follow a chain of single required children, e.g. ``mdia/minf/stbl``."""
+    for kind in kinds:
+        box = only_child(data, box, kind)  # type: ignore[assignment]
+    return box
+
+
+def build_box(kind: bytes, *payload: bytes) -> bytes:
+    """Serialize a box, using a 64-bit size only when 32 bits cannot hold it."""
+    length = sum(len(part) for part in payload)
+    if length + 8 <= MAX_U32:
+        return HEADER.pack(length + 8, kind) + b"".join(payload)
+    return HEADER.pack(1, kind) + LARGESIZE.pack(length + 16) + b"".join(payload)
+
+
+def box_header(kind: bytes, payload_length: int) -> bytes:
+    """Just the header of a box whose payload is ``payload_length`` bytes long."""
+    if payload_length + 8 <= MAX_U32:
+        return HEADER.pack(payload_length + 8, kind)
+    return HEADER.pack(1, kind) + LARGESIZE.pack(payload_length + 16)
+
+
+def rebuild(data: bytes | memoryview, box: Box, edits: Mapping[int, bytes | None], depth: int = 0,
+            max_depth: int = 32) -> bytes:
+    """Serialize ``box`` with some descendants replaced.
+
+    ``edits`` maps the offset of a descendant box to its new bytes, or to None to
+    remove it. Only containers on the way to an edit are re-serialized (with new
+    sizes); everything else is copied byte for byte.
+    """
+    if box.offset in edits:
+        return edits[box.offset] or b""
+    if not any(box.offset < where < box.end for where in edits):
+        return bytes(data[box.offset:box.end])
+    if box.type not in CONTAINERS:
+        raise MalformedMedia(f"cannot rewrite inside '{box.name}'")
+    if depth >= max_depth:
+        raise LimitExceeded(f"boxes nest deeper than {max_depth} levels")
+    parts = [rebuild(data, child, edits, depth + 1, max_depth) for child in iter_children(data, box.payload_offset,
+                                                                                          box.end)]
+    return build_box(box.type, *parts)
+
+
+def full_box_version(data: bytes | memoryview, box: Box) -> int:
+    """The version byte of a FullBox (and check the 4-byte version/flags exist)."""
+    if box.payload_size < 4:
+        raise MalformedMedia(f"'{box.name}' at byte {box.offset} is too short for its version and flags")
+    return data[box.payload_offset]
+
+
+def _name(kind: bytes) -> str:
+    return kind.decode("latin-1")

@@ -1,0 +1,299 @@
+"""Fragmented MP4 (moov + moof/mdat pairs): keep only the audio track fragments.
+
+Each ``moof`` keeps its audio ``traf`` boxes; their ``trun`` data offsets are
+rewritten relative to the new moof (``default-base-is-moof``), and the
+following ``mdat`` holds only the audio sample runs. ``sidx``, ``mfra``,
+``styp`` and other indexes that would describe the old layout are dropped.
+
+On a random-access source every moof is read up front (payloads skipped), so
+the plan is complete; on a forward-only source the plan is lazy and walks the
+fragments as the bytes go by.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import LimitExceeded, MalformedMedia, UnsupportedMedia
+from ..limits import Limits
+from ..plan import LazyPlan, Literal, Piece, Plan, Span
+from ..sources import Source, read_exact
+from .boxes import Box, box_header, build_box, full_box_version, iter_children, parse_header
+from .layout import Layout, read_top_header
+from .movie import Movie
+from .progressive import build_head, content_type_for, describe
+from .tracks import Track
+
+U32 = struct.Struct(">I")
+I32 = struct.Struct(">i")
+U64 = struct.Struct(">Q")
+FULL_BOX = struct.Struct(">I")
+
+# tfhd flags (ISO/IEC 14496-12 8.8.7)
+BASE_DATA_OFFSET = 0x000001
+SAMPLE_DESCRIPTION_INDEX = 0x000002
+DEFAULT_DURATION = 0x000008
+DEFAULT_SIZE = 0x000010
+DEFAULT_FLAGS = 0x000020
+DEFAULT_BASE_IS_MOOF = 0x020000
+# trun flags (8.8.8)
+DATA_OFFSET = 0x000001
+FIRST_SAMPLE_FLAGS = 0x000004
+SAMPLE_DURATION = 0x000100
+SAMPLE_SIZE = 0x000200
+SAMPLE_FLAGS = 0x000400
+SAMPLE_CTO = 0x000800
+
+
+@dataclass
+class TrackRun:
+    """One ``trun`` of a kept track: its box, where its samples are, how many bytes."""
+
+    box: Box
+    source_offset: int
+    length: int
+    new_offset: int = 0
+
+
+def _trex_sizes(movie: Movie) -> dict[int, int]:
+    """default_sample_size per track from ``mvex/trex``."""
+    sizes: dict[int, int] = {}
+    if movie.mvex is None:
+        return sizes
+    data = movie.data
+    for child in iter_children(data, movie.mvex.payload_offset, movie.mvex.end):
+        if child.type == b"trex" and child.payload_size >= 24:
+            track_id, _, _, size = struct.unpack_from(">IIII", data, child.payload_offset + 4)
+            sizes[track_id] = size
+    return sizes
+
+
+def _parse_tfhd(data: bytes, tfhd: Box) -> tuple[int, int, int | None, int | None]:
+    """(flags, track_ID, base_data_offset, default_sample_size) of a ``tfhd``."""
+    full_box_version(data, tfhd)
+    flags = FULL_BOX.unpack_from(data, tfhd.payload_offset)[0] & 0xFFFFFF
+    fields = [(BASE_DATA_OFFSET, 8), (SAMPLE_DESCRIPTION_INDEX, 4), (DEFAULT_DURATION, 4), (DEFAULT_SIZE, 4),
+              (DEFAULT_FLAGS, 4)]
+    need = 8 + sum(width for bit, width in fields if flags & bit)
+    if tfhd.payload_size < need:
+        raise MalformedMedia(f"tfhd at moof byte {tfhd.offset} is too short for its flags")
+    track_id = U32.unpack_from(data, tfhd.payload_offset + 4)[0]
+    at = tfhd.payload_offset + 8
+    base = size = None
+    for bit, width in fields:
+        if not flags & bit:
+            continue
+        if bit == BASE_DATA_OFFSET:
+            base = U64.unpack_from(data, at)[0]
+        elif bit == DEFAULT_SIZE:
+            size = U32.unpack_from(data, at)[0]
+        at += width
+    return flags, track_id, base, size
+
+
+def _trun_layout(data: bytes, trun: Box, max_entries: int) -> tuple[int, int, int | None, int, int]:
+    """(flags, sample_count, data_offset, first record offset, record width) of a ``trun``."""
+    full_box_version(data, trun)
+    if trun.payload_size < 8:
+        raise MalformedMedia(f"trun at moof byte {trun.offset} is too short")
+    flags = FULL_BOX.unpack_from(data, trun.payload_offset)[0] & 0xFFFFFF
+    count = U32.unpack_from(data, trun.payload_offset + 4)[0]
+    if count > max_entries:
+        raise LimitExceeded(f"trun has {count} samples, more than the limit of {max_entries}")
+    at = trun.payload_offset + 8
+    data_offset = None
+    if flags & DATA_OFFSET:
+        data_offset = I32.unpack_from(data, at)[0] if trun.end - at >= 4 else None
+        at += 4
+    if flags & FIRST_SAMPLE_FLAGS:
+        at += 4
+    width = 4 * sum(1 for bit in (SAMPLE_DURATION, SAMPLE_SIZE, SAMPLE_FLAGS, SAMPLE_CTO) if flags & bit)
+    if at > trun.end or count * width > trun.end - at:
+        raise MalformedMedia(f"trun at moof byte {trun.offset} claims {count} samples it has no room for")
+    return flags, count, data_offset, at, width
+
+
+def _run_length(data: bytes, flags: int, count: int, first: int, width: int, default_size: int | None) -> int:
+    if flags & SAMPLE_SIZE:
+        column = 4 if flags & SAMPLE_DURATION else 0
+        records = struct.unpack_from(f">{count * width // 4}I", data, first)
+        return sum(records[column // 4::width // 4])
+    if default_size is None:
+        raise MalformedMedia("track fragment gives no sample size (trun, tfhd and trex all lack one)")
+    return count * default_size
+
+
+def _with_data_offset(data: bytes, trun: Box, data_offset: int) -> bytes:
+    """The ``trun`` with data-offset-present set and ``data_offset`` stored."""
+    flags_word = FULL_BOX.unpack_from(data, trun.payload_offset)[0]
+    rest_at = trun.payload_offset + 8 + (4 if flags_word & DATA_OFFSET else 0)
+    return build_box(b"trun", FULL_BOX.pack(flags_word | DATA_OFFSET), data[trun.payload_offset + 4:
+                     trun.payload_offset + 8], I32.pack(data_offset), data[rest_at:trun.end])
+
+
+def _moof_relative_tfhd(data: bytes, tfhd: Box) -> bytes:
+    """The ``tfhd`` without base_data_offset and with default-base-is-moof set."""
+    flags_word = FULL_BOX.unpack_from(data, tfhd.payload_offset)[0]
+    rest_at = tfhd.payload_offset + 8 + (8 if flags_word & BASE_DATA_OFFSET else 0)
+    new_flags = (flags_word & ~BASE_DATA_OFFSET) | DEFAULT_BASE_IS_MOOF
+    return build_box(b"tfhd", FULL_BOX.pack(new_flags), data[tfhd.payload_offset + 4:tfhd.payload_offset + 8],
+                     data[rest_at:tfhd.end])
+
+
+class Fragment:
+    """One ``moof`` reduced to the kept tracks, with the runs its new mdat will hold."""
+
+    def __init__(self, moof_data: bytes, moof_offset: int, kept_ids: set[int], trex_sizes: dict[int, int],
+                 limits: Limits) -> None:
+        self.data = moof_data
+        self.offset = moof_offset
+        self.runs: list[TrackRun] = []
+        self._kept_trafs: list[tuple[Box, Box, list[TrackRun]]] = []
+        self._others: list[Box] = []
+        moof = parse_header(moof_data, 0, len(moof_data))
+        self.moof = moof
+        previous_end = moof_offset
+        for child in iter_children(moof_data, moof.payload_offset, moof.end):
+            if child.type != b"traf":
+                self._others.append(child)
+                continue
+            previous_end = self._read_traf(child, previous_end, kept_ids, trex_sizes, limits)
+        self.runs.sort(key=lambda run: run.source_offset)
+        for before, after in zip(self.runs, self.runs[1:]):
+            if before.source_offset + before.length > after.source_offset and before.length and after.length:
+                raise MalformedMedia(f"track runs overlap at byte {after.source_offset}")
+
+    def _read_traf(self, traf: Box, previous_end: int, kept_ids: set[int], trex_sizes: dict[int, int],
+                   limits: Limits) -> int:
+        data = self.data
+        tfhd: Box | None = None
+        truns: list[Box] = []
+        for child in iter_children(data, traf.payload_offset, traf.end):
+            if child.type == b"tfhd":
+                if tfhd is not None:
+                    raise MalformedMedia("traf holds two tfhd boxes")
+                tfhd = child
+            elif child.type == b"trun":
+                truns.append(child)
+        if tfhd is None:
+            raise MalformedMedia("traf has no tfhd")
+        flags, track_id, base, default_size = _parse_tfhd(data, tfhd)
+        if default_size is None:
+            default_size = trex_sizes.get(track_id)
+        if base is None:
+            base = self.offset if flags & DEFAULT_BASE_IS_MOOF else previous_end
+        runs: list[TrackRun] = []
+        position = base
+        for trun in truns:
+            trun_flags, count, data_offset, first, width = _trun_layout(data, trun, limits.max_table_entries)
+            if data_offset is not None:
+                position = base + data_offset
+            if position < 0:
+                raise MalformedMedia("trun data offset points before the start of the file")
+            length = _run_length(data, trun_flags, count, first, width, default_size)
+            runs.append(TrackRun(trun, position, length))
+            position += length
+        if track_id in kept_ids:
+            if any(child.type == b"saio" for child in iter_children(data, traf.payload_offset, traf.end)):
+                raise UnsupportedMedia("encrypted fragmented MP4 (saio) is not supported")
+            self._kept_trafs.append((traf, tfhd, runs))
+            self.runs.extend(runs)
+        return position
+
+    @property
+    def payload(self) -> int:
+        return sum(run.length for run in self.runs)
+
+    def rewrite(self, new_moof_offset: int) -> bytes:
+        """New ``moof`` + ``mdat`` header for output position ``new_moof_offset``."""
+        header = box_header(b"mdat", self.payload)
+        size = len(self._serialize())
+        position = new_moof_offset + size + len(header)
+        for run in self.runs:
+            run.new_offset = position - new_moof_offset
+            position += run.length
+        moof = self._serialize()
+        if len(moof) != size:
+            raise MalformedMedia("rewritten moof changed size between passes")
+        return moof + header
+
+    def _serialize(self) -> bytes:
+        data = self.data
+        parts = [data[box.offset:box.end] for box in self._others]
+        for traf, tfhd, runs in self._kept_trafs:
+            by_box = {run.box.offset: run for run in runs}
+            children = []
+            for child in iter_children(data, traf.payload_offset, traf.end):
+                if child.type == b"tfhd":
+                    children.append(_moof_relative_tfhd(data, tfhd))
+                elif child.type == b"trun":
+                    children.append(_with_data_offset(data, child, by_box[child.offset].new_offset))
+                else:
+                    children.append(data[child.offset:child.end])
+            parts.append(build_box(b"traf", *children))
+        return build_box(b"moof", *parts)
+
+
+def _walk(source: Source, head_spans: list[Span], head_length: int, kept_ids: set[int], trex: dict[int, int],
+          limits: Limits) -> Iterator[Piece]:
+    """Pieces after the head: the progressive spans, then each reduced fragment, in source order.
+
+    The header of the box after a ``moof`` is read before the fragment's spans are
+    yielded: on a forward-only source those spans move the read position past it.
+    """
+    pending = list(head_spans)
+    out_position = head_length + sum(span.length for span in pending)
+    box = read_top_header(source, 0)
+    for _ in range(limits.max_top_level_boxes * 100):
+        if box is None:
+            break
+        while pending and pending[0].offset < box.end:
+            yield pending.pop(0)
+        if box.type != b"moof":
+            box = read_top_header(source, box.end)
+            continue
+        pieces = _fragment_pieces(source, box, kept_ids, trex, limits, out_position)
+        box = read_top_header(source, box.end)
+        for piece in pieces:
+            out_position += piece.length
+            yield piece
+    else:
+        raise LimitExceeded("too many top-level boxes")
+    yield from pending
+
+
+def _fragment_pieces(source: Source, moof: Box, kept_ids: set[int], trex: dict[int, int], limits: Limits,
+                     out_position: int) -> list[Piece]:
+    """The new moof + mdat header and the audio runs of one fragment (nothing if it has no audio)."""
+    if moof.size > limits.max_moof_size:
+        raise LimitExceeded(f"moof of {moof.size} bytes exceeds max_moof_size ({limits.max_moof_size})")
+    fragment = Fragment(read_exact(source, moof.offset, moof.size, "a moof box"), moof.offset, kept_ids, trex,
+                        limits)
+    if not fragment.runs:
+        return []
+    last = fragment.runs[-1]
+    if source.size is not None and last.source_offset + last.length > source.size:
+        raise MalformedMedia(f"fragment at byte {moof.offset} points past the end of the file")
+    pieces: list[Piece] = [Literal(fragment.rewrite(out_position))]
+    pieces.extend(Span(run.source_offset, run.length) for run in fragment.runs if run.length)
+    return pieces
+
+
+def plan_fragmented(source: Source, layout: Layout, movie: Movie, kept: list[Track], limits: Limits
+                    ) -> Plan | LazyPlan:
+    """Plan for a movie with ``mvex``: moov samples (if any) plus every fragment's audio."""
+    head = build_head(layout, movie, kept, source.size, limits, omit_empty_mdat=True)
+    kept_ids = {track.track_id for track in kept}
+    pieces = _walk(source, head.spans, len(head.data), kept_ids, _trex_sizes(movie), limits)
+    content_type = content_type_for(layout.major_brand)
+    info = describe(layout, kept, True)
+    if source.random_access:
+        return Plan((Literal(head.data), *pieces), content_type, info)
+    return LazyPlan(_prepend(Literal(head.data), pieces), content_type, info)
+
+
+def _prepend(first: Piece, rest: Iterator[Piece]) -> Iterator[Piece]:
+    yield first
+    yield from rest

@@ -1,0 +1,73 @@
+"""Walk the top-level boxes of a source to find ``ftyp`` and ``moov``.
+
+Only box headers are read on a random-access source. On a forward-only source
+the boxes before ``moov`` are read through (they are small: ftyp, free...);
+meeting ``mdat`` or ``moof`` first means the movie header comes later, so we
+raise :class:`NeedsRandomAccess` instead of guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import LimitExceeded, MalformedMedia, NeedsRandomAccess
+from ..limits import Limits
+from ..sources import Source, read_exact
+from .boxes import Box, parse_header
+
+#: Largest non-media box read through on a forward-only source before moov.
+MAX_PREAMBLE_BOX = 1024 * 1024
+MAX_FTYP = 4096
+MEDIA_BOXES = frozenset({b"mdat", b"moof"})
+
+
+@dataclass
+class Layout:
+    """What the top level told us: the first ftyp (if any) and the moov box."""
+
+    ftyp: bytes | None
+    moov: bytes
+    moov_box: Box
+
+    @property
+    def major_brand(self) -> bytes:
+        return self.ftyp[8:12] if self.ftyp and len(self.ftyp) >= 12 else b""
+
+
+def read_top_header(source: Source, offset: int) -> Box | None:
+    """The top-level box header at ``offset``, or None at the end of the source."""
+    head = source.read(offset, 16)
+    if len(head) < 8:
+        if head and any(head):
+            raise MalformedMedia(f"{len(head)} stray bytes at the end of the file (byte {offset})")
+        return None
+    limit = None if source.size is None else source.size - offset
+    if limit is None and head[:4] == b"\0\0\0\0":
+        raise MalformedMedia(f"box at byte {offset} extends to the end of a body of unknown length")
+    return parse_header(head, 0, limit, base=offset)
+
+
+def find_moov(source: Source, limits: Limits) -> Layout:
+    """Locate and read ``moov`` (bounded by ``limits.max_moov_size``)."""
+    offset = 0
+    ftyp: bytes | None = None
+    preamble = 0
+    for _ in range(limits.max_top_level_boxes):
+        box = read_top_header(source, offset)
+        if box is None:
+            break
+        if box.type == b"moov":
+            if box.size > limits.max_moov_size:
+                raise LimitExceeded(f"moov is {box.size} bytes, more than max_moov_size ({limits.max_moov_size})")
+            return Layout(ftyp, read_exact(source, box.offset, box.size, "the moov box"), box)
+        if box.type == b"ftyp" and ftyp is None:
+            if box.size > MAX_FTYP:
+                raise MalformedMedia(f"ftyp of {box.size} bytes")
+            ftyp = read_exact(source, box.offset, box.size, "the ftyp box")
+        elif not source.random_access:
+            preamble += box.size
+            if box.type in MEDIA_BOXES or box.size > MAX_PREAMBLE_BOX or preamble > limits.max_moov_size:
+                raise NeedsRandomAccess(f"'{box.name}' comes before moov")
+            read_exact(source, box.offset, box.size, f"the '{box.name}' box")
+        offset = box.end
+    raise MalformedMedia("no moov box found")

@@ -1,0 +1,164 @@
+"""The ``moov`` box: its tracks, and a copy of it that keeps only some of them.
+
+Rewriting never touches the sample tables of a kept track except its chunk
+offsets, so every kept sample keeps its bytes, timestamps, edit list and codec
+configuration exactly.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from dataclasses import dataclass
+
+from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia
+from ..limits import Limits
+from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, parse_header, rebuild
+from .tracks import Track, parse_track
+
+U32 = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+OFFSET_HEAD = struct.Struct(">II")  # version/flags, entry_count
+
+
+@dataclass
+class Movie:
+    """A parsed ``moov``: ``data`` holds the box itself, starting at offset 0."""
+
+    data: bytes
+    moov: Box
+    mvhd: Box
+    tracks: list[Track]
+    mvex: Box | None
+
+    @property
+    def fragmented(self) -> bool:
+        return self.mvex is not None
+
+    @property
+    def timescale(self) -> int:
+        at = self.mvhd.payload_offset + 4 + (16 if self.data[self.mvhd.payload_offset] == 1 else 8)
+        return U32.unpack_from(self.data, at)[0]
+
+
+def parse_movie(data: bytes, limits: Limits) -> Movie:
+    """Parse the ``moov`` box held in ``data`` (which starts with its header)."""
+    moov = parse_header(data, 0, len(data))
+    mvhd: Box | None = None
+    mvex: Box | None = None
+    tracks: list[Track] = []
+    for child in iter_children(data, moov.payload_offset, moov.end):
+        if child.type == b"cmov":
+            raise UnsupportedMedia("compressed QuickTime movie header (cmov) is not supported")
+        if child.type == b"mvhd":
+            if mvhd is not None:
+                raise _duplicate("mvhd")
+            mvhd = child
+        elif child.type == b"mvex":
+            if mvex is not None:
+                raise _duplicate("mvex")
+            mvex = child
+        elif child.type == b"trak":
+            if len(tracks) >= limits.max_tracks:
+                raise LimitExceeded(f"more than {limits.max_tracks} tracks")
+            tracks.append(parse_track(data, child, limits))
+    if mvhd is None:
+        raise MalformedMedia("moov has no mvhd")
+    _check_mvhd(data, mvhd)
+    ids = [track.track_id for track in tracks]
+    if len(set(ids)) != len(ids):
+        raise MalformedMedia("two tracks share a track_ID")
+    return Movie(data, moov, mvhd, tracks, mvex)
+
+
+def _duplicate(kind: str) -> Exception:
+    return MalformedMedia(f"moov holds two '{kind}' boxes")
+
+
+def _check_mvhd(data: bytes, mvhd: Box) -> None:
+    version = full_box_version(data, mvhd)
+    if mvhd.payload_size < (112 if version == 1 else 100):
+        raise MalformedMedia("mvhd is too short")
+
+
+def select_audio(movie: Movie, selector: str | None) -> list[Track]:
+    """The audio tracks to keep: all, or one by 1-based index or ISO-639-2 language."""
+    audio = [track for track in movie.tracks if track.is_audio]
+    if not audio:
+        raise NoAudioTrack("the media has no audio track")
+    if selector is None or selector == "":
+        return audio
+    if selector.isdigit():
+        index = int(selector)
+        if 1 <= index <= len(audio):
+            return [audio[index - 1]]
+        raise NoAudioTrack(f"no audio track {index} (the media has {len(audio)})")
+    wanted = selector.lower()
+    chosen = [track for track in audio if track.language == wanted]
+    if not chosen:
+        langs = ", ".join(sorted({track.language for track in audio}))
+        raise NoAudioTrack(f"no audio track in language '{selector}' (available: {langs})")
+    return chosen[:1]
+
+
+def offsets_box(values: array | list[int], wide: bool) -> bytes:
+    """A ``stco`` (32-bit) or ``co64`` (64-bit) box holding ``values``."""
+    table = array("Q" if wide else "I", values)
+    if sys.byteorder == "little":
+        table.byteswap()
+    return build_box(b"co64" if wide else b"stco", OFFSET_HEAD.pack(0, len(values)), table.tobytes())
+
+
+def rewrite_movie(movie: Movie, kept: list[Track], new_offsets: dict[int, array | list[int]], wide: bool,
+                  limits: Limits, extra_edits: dict[int, bytes | None] | None = None) -> bytes:
+    """A copy of ``moov`` with only ``kept`` tracks, their chunk offsets replaced."""
+    data = movie.data
+    kept_ids = {track.track_id for track in kept}
+    edits: dict[int, bytes | None] = dict(extra_edits or {})
+    for track in movie.tracks:
+        if track.track_id not in kept_ids:
+            edits[track.box.offset] = None
+            continue
+        if track.offsets_box is not None and track.track_id in new_offsets:
+            edits[track.offsets_box.offset] = offsets_box(new_offsets[track.track_id], wide)
+        edits.update(_tref_edits(data, track.box, kept_ids))
+    if movie.mvex is not None:
+        for child in iter_children(data, movie.mvex.payload_offset, movie.mvex.end):
+            if child.type == b"trex" and child.payload_size >= 8:
+                if U32.unpack_from(data, child.payload_offset + 4)[0] not in kept_ids:
+                    edits[child.offset] = None
+    edits[movie.mvhd.offset] = _new_mvhd(movie, kept)
+    return rebuild(data, movie.moov, edits, max_depth=limits.max_box_depth)
+
+
+def _tref_edits(data: bytes, trak: Box, kept_ids: set[int]) -> dict[int, bytes | None]:
+    """Drop references to removed tracks (e.g. an audio track's 'chap' to a text track)."""
+    edits: dict[int, bytes | None] = {}
+    for child in iter_children(data, trak.payload_offset, trak.end):
+        if child.type != b"tref":
+            continue
+        for ref in iter_children(data, child.payload_offset, child.end):
+            count = ref.payload_size // 4
+            ids = struct.unpack_from(f">{count}I", data, ref.payload_offset)
+            keep = [track_id for track_id in ids if track_id in kept_ids]
+            if len(keep) != len(ids):
+                edits[ref.offset] = build_box(ref.type, struct.pack(f">{len(keep)}I", *keep)) if keep else None
+    return edits
+
+
+def _new_mvhd(movie: Movie, kept: list[Track]) -> bytes:
+    """mvhd with the duration of the longest kept track and a fitting next_track_ID."""
+    data, mvhd = movie.data, movie.mvhd
+    body = bytearray(data[mvhd.payload_offset:mvhd.end])
+    version = body[0]
+    durations = [track.tkhd_duration for track in kept
+                 if track.tkhd_duration not in (0, MAX_U32, 0xFFFFFFFFFFFFFFFF)]
+    if durations:
+        if version == 1:
+            U64.pack_into(body, 4 + 16 + 4, max(durations))
+        else:
+            U32.pack_into(body, 4 + 8 + 4, min(max(durations), MAX_U32))
+    next_id_at = (112 if version == 1 else 100) - 4
+    U32.pack_into(body, next_id_at, max(track.track_id for track in kept) + 1)
+    return build_box(b"mvhd", bytes(body))

@@ -1,0 +1,107 @@
+"""HTTP facts about the audio rendition: validators, conditional requests, ranges.
+
+The audio rendition is a different representation of the resource, so it gets
+its own ETag, derived from the source's validator and the extraction options.
+All header parsing is werkzeug's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from werkzeug.datastructures import Headers
+from werkzeug.http import (
+    is_resource_modified,
+    parse_date,
+    parse_if_range_header,
+    parse_range_header,
+    quote_etag,
+    unquote_etag,
+)
+
+#: Bumped whenever the bytes we produce for the same input change.
+OUTPUT_VERSION = "am1"
+
+
+@dataclass(frozen=True)
+class Validators:
+    """The source's validator (for cache keys) and the rendition's own ETag."""
+
+    source: str | None
+    etag: str | None
+    last_modified: str | None
+
+    @property
+    def strong(self) -> bool:
+        return self.etag is not None and not self.etag.startswith("W/")
+
+
+def validators_for(headers: Headers, variant: tuple) -> Validators:
+    """Derive the rendition's validators from the upstream response headers."""
+    last_modified = headers.get("Last-Modified")
+    etag_header = headers.get("ETag")
+    length = headers.get("Content-Length")
+    if etag_header:
+        value, weak = unquote_etag(etag_header)
+        source = f"etag:{etag_header}"
+    elif last_modified and length:
+        value, weak = f"{last_modified}|{length}", False
+        source = f"lm:{last_modified}|{length}"
+    else:
+        return Validators(None, None, last_modified)
+    digest = hashlib.sha1(f"{OUTPUT_VERSION}|{value}|{variant!r}".encode()).hexdigest()[:20]
+    return Validators(source, quote_etag(f"audio-{digest}", bool(weak)), last_modified)
+
+
+def not_modified(environ: dict, validators: Validators) -> bool:
+    """True when If-None-Match / If-Modified-Since say the client's copy is current."""
+    if not (environ.get("HTTP_IF_NONE_MATCH") or environ.get("HTTP_IF_MODIFIED_SINCE")):
+        return False
+    if validators.etag is None and validators.last_modified is None:
+        return False
+    return not is_resource_modified(environ, etag=validators.etag and unquote_etag(validators.etag)[0],
+                                    last_modified=validators.last_modified)
+
+
+def if_range_allows(environ: dict, validators: Validators) -> bool:
+    """If-Range: serve the range only if the client's validator still matches (strongly)."""
+    raw = environ.get("HTTP_IF_RANGE")
+    if not raw:
+        return True
+    if_range = parse_if_range_header(raw)
+    if if_range.etag is not None:
+        if raw.strip().startswith("W/") or not validators.strong:
+            return False
+        return unquote_etag(validators.etag)[0] == if_range.etag
+    if if_range.date is not None and validators.last_modified:
+        return parse_date(validators.last_modified) == if_range.date
+    return False
+
+
+@dataclass(frozen=True)
+class RangeAnswer:
+    """What to do with a Range header: full body (None), a slice, or 416."""
+
+    start: int = 0
+    stop: int = 0
+    satisfiable: bool = True
+    partial: bool = False
+
+
+def answer_range(environ: dict, length: int, validators: Validators) -> RangeAnswer:
+    """Decide 200 / 206 / 416 for a single byte range on a body of ``length`` bytes.
+
+    Several ranges, other units, a malformed header or a stale If-Range get the
+    full body (RFC 9110 allows ignoring Range).
+    """
+    header = environ.get("HTTP_RANGE")
+    if not header or not if_range_allows(environ, validators):
+        return RangeAnswer()
+    parsed = parse_range_header(header)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        return RangeAnswer()
+    found = parsed.range_for_length(length)
+    if found is None:
+        return RangeAnswer(satisfiable=False)
+    return RangeAnswer(found[0], found[1], partial=True)

@@ -1,0 +1,467 @@
+"""The middleware over WSGI (WebTest): transform rules, sources, HTTP semantics.
+
+Every audio output is checked with the PyAV oracle: no video stream, and the
+audio packets identical to the source's (bytes, pts, dts, duration).
+"""
+
+from __future__ import annotations
+
+import pytest
+from webtest import TestApp
+
+from audio_middleware import AudioOnlyMiddleware
+
+from .apps import FileApp, GeneratorApp, RangeApp, StaticApp, WriteApp
+from .conftest import media_toolkit
+
+MP4_KINDS = ["mp4_faststart", "mp4_moov_end", "mp4_mp3", "mp4_two_audio", "mov", "3gp", "m4a_audio_only",
+             "mp4_fragmented", "mp4_largesize_co64", "mp4_moov_end_largesize_co64"]
+FLV_KINDS = ["flv_aac", "flv_mp3"]
+SOURCES = {"file": FileApp, "generator": GeneratorApp, "range": RangeApp, "write": WriteApp}
+CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".3gp": "video/3gpp", ".m4a": "audio/mp4",
+                 ".flv": "video/x-flv"}
+
+
+def call(app, query="ali_audio_only=1", method="GET", **environ):
+    """Call a WSGI app directly: (status, headers dict, body bytes), body closed."""
+    seen = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    base = {"REQUEST_METHOD": method, "QUERY_STRING": query, "PATH_INFO": "/v", "SERVER_NAME": "x",
+            "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    result = app({**base, **environ}, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return seen["status"], seen["headers"], body
+
+
+def serve(path, source="file", **options):
+    upstream = SOURCES[source](path, CONTENT_TYPES[path.suffix])
+    return upstream, TestApp(AudioOnlyMiddleware(upstream, **options))
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("kind", MP4_KINDS)
+def test_mp4_family_audio_is_identical(media, kind, source):
+    path = media(kind)
+    upstream, client = serve(path, source)
+    response = client.get("/v.mp4?ali_audio_only=1")
+    assert response.status_int == 200
+    expected_type = "audio/3gpp" if kind == "3gp" else "audio/mp4"
+    assert response.content_type == expected_type
+    _, headers, body = call(client.app)
+    assert body == response.body
+    if kind == "mp4_fragmented" and source != "file":
+        assert "Content-Length" not in headers  # streamed fragment by fragment
+    else:
+        assert int(headers["Content-Length"]) == len(body)
+    media_toolkit.assert_audio_identical(path, response.body)
+    assert upstream.closes == upstream.bodies
+
+
+@pytest.mark.parametrize("source", ["file", "generator", "write"])
+@pytest.mark.parametrize("kind", FLV_KINDS)
+def test_flv_audio_is_identical(media, kind, source):
+    path = media(kind)
+    upstream, client = serve(path, source)
+    response = client.get("/v.flv?ali_audio_only=1")
+    assert response.status_int == 200
+    assert response.content_type == "video/x-flv"
+    assert response.body[:3] == b"FLV" and response.body[4] & 0x01 == 0 and response.body[4] & 0x04
+    media_toolkit.assert_audio_identical(path, response.body)
+    assert upstream.closes == upstream.bodies
+
+
+def test_flv_forward_only_is_streamed_without_length(media):
+    _, client = serve(media("flv_aac"), "generator")
+    status, headers, body = call(client.app)
+    assert status == "200 OK" and body[:3] == b"FLV"
+    assert "Content-Length" not in headers
+    assert headers["Accept-Ranges"] == "none"
+
+
+def test_unflagged_request_returns_the_apps_own_iterable(media):
+    path = media("mp4_faststart")
+    upstream = GeneratorApp(path)
+    sentinel = []
+    middleware = AudioOnlyMiddleware(upstream)
+    for query in ("", "ali_audio_only=0", "ali_audio_only=true", "ali_audio_only=", "other=1"):
+        result = middleware({"REQUEST_METHOD": "GET", "QUERY_STRING": query, "PATH_INFO": "/v.mp4"},
+                            lambda status, headers, exc_info=None: sentinel.append(status))
+        assert type(result).__name__ == "TrackedBody"  # the very object the app returned
+        assert b"".join(result) == path.read_bytes()
+        result.close()
+
+
+def test_unflagged_file_response_keeps_the_servers_file_wrapper(media):
+    path = media("mp4_faststart")
+    seen = []
+
+    class ServerWrapper:
+        def __init__(self, fileobj, block_size=8192):
+            seen.append(fileobj)
+            self.fileobj = fileobj
+
+        def __iter__(self):
+            return iter(lambda: self.fileobj.read(8192), b"")
+
+        def close(self):
+            self.fileobj.close()
+
+    middleware = AudioOnlyMiddleware(FileApp(path))
+    environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": "", "PATH_INFO": "/v.mp4", "wsgi.file_wrapper": ServerWrapper,
+               "SERVER_NAME": "x", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    result = middleware(environ, lambda *a: None)
+    assert isinstance(result, ServerWrapper)
+    result.close()
+
+
+def test_unflagged_body_is_byte_identical(media):
+    path = media("mp4_moov_end")
+    _, client = serve(path, "file")
+    assert client.get("/v.mp4").body == path.read_bytes()
+    assert client.get("/v.mp4?ali_audio_only=2").body == path.read_bytes()
+
+
+def test_flagged_non_200_and_non_media_pass_through():
+    cases = [
+        StaticApp("404 Not Found", [("Content-Type", "text/plain")], b"nope"),
+        StaticApp("304 Not Modified", [("ETag", '"x"')]),
+        StaticApp("200 OK", [("Content-Type", "text/html")], b"<html>hello</html>"),
+        StaticApp("200 OK", [("Content-Type", "video/webm")], b"\x1aE\xdf\xa3webm..."),
+        StaticApp("200 OK", [("Content-Type", "application/octet-stream")], b"just some bytes, no container"),
+    ]
+    for upstream in cases:
+        response = TestApp(AudioOnlyMiddleware(upstream)).get("/x?ali_audio_only=1", status="*")
+        assert response.status == upstream.status
+        assert response.body == upstream.payload
+        assert upstream.closes == 1
+
+
+def test_post_is_never_transformed(media):
+    path = media("mp4_faststart")
+    _, client = serve(path, "generator")
+    assert client.post("/v.mp4?ali_audio_only=1", b"").body == path.read_bytes()
+
+
+def test_octet_stream_mp4_is_sniffed(media):
+    path = media("mp4_faststart")
+    upstream = GeneratorApp(path, "application/octet-stream")
+    response = TestApp(AudioOnlyMiddleware(upstream)).get("/v?ali_audio_only=1")
+    assert response.content_type == "audio/mp4"
+    media_toolkit.assert_audio_identical(path, response.body)
+
+
+def test_app_sees_a_plain_get_for_the_whole_file(media):
+    upstream, client = serve(media("mp4_faststart"), "generator")
+    client.head("/v.mp4?ali_audio_only=1&audio_track=1&keep=yes", headers={"Range": "bytes=0-10",
+                                                                           "If-None-Match": '"zzz"'})
+    environ = upstream.environs[-1]
+    assert environ["REQUEST_METHOD"] == "GET"
+    assert environ["QUERY_STRING"] == "keep=yes"
+    assert "HTTP_RANGE" not in environ and "HTTP_IF_NONE_MATCH" not in environ
+
+
+def test_video_only_is_404_with_reason(media):
+    for kind in ("mp4_video_only", "flv_video_only"):
+        path = media(kind)
+        upstream, client = serve(path, "file")
+        response = client.get("/v?ali_audio_only=1", status=404)
+        assert response.content_type == "text/plain"
+        assert "audio" in response.text
+        assert upstream.closes == upstream.bodies
+
+
+def test_garbage_that_claims_to_be_mp4_is_a_5xx_before_any_body(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 16 + b"\x00\x00\x10\x00moov" + b"junk" * 10)
+    for source in ("file", "generator"):
+        upstream, client = serve(bad, source)
+        response = client.get("/bad.mp4?ali_audio_only=1", status="*")
+        assert 500 <= response.status_int < 600
+        assert response.content_type == "text/plain"
+        assert "moov" in response.text
+        assert upstream.closes == upstream.bodies
+
+
+def test_moov_larger_than_limit_is_refused(media):
+    _, client = serve(media("mp4_faststart"), "file", max_moov_size=100)
+    response = client.get("/v.mp4?ali_audio_only=1", status=502)
+    assert "max_moov_size" in response.text
+
+
+def test_spool_limit_is_enforced_for_moov_at_end(media):
+    _, client = serve(media("mp4_moov_end"), "generator", spool_limit=1000)
+    response = client.get("/v.mp4?ali_audio_only=1", status=502)
+    assert "spool_limit" in response.text
+
+
+def test_head_matches_get_without_body(media):
+    for kind, source in (("mp4_faststart", "file"), ("mp4_moov_end", "generator"), ("flv_aac", "generator")):
+        upstream, client = serve(media(kind), source)
+        get = call(client.app)
+        head = call(client.app, method="HEAD")
+        assert head[0] == get[0] == "200 OK"
+        assert head[1] == get[1]
+        assert head[2] == b"" and get[2]
+        assert upstream.closes == upstream.bodies
+
+
+def test_truncated_source_aborts_after_the_body_started(media):
+    path = media("mp4_faststart")
+    size = path.stat().st_size
+    upstream = GeneratorApp(path, truncate_at=size - 5000)
+    middleware = AudioOnlyMiddleware(upstream, block_size=4096)
+    body = middleware({"REQUEST_METHOD": "GET", "QUERY_STRING": "ali_audio_only=1", "PATH_INFO": "/v.mp4"},
+                      lambda status, headers, exc_info=None: None)
+    received = b""
+    with pytest.raises(Exception) as raised:
+        for chunk in body:
+            received += chunk
+    assert "short" in str(raised.value) or "ends" in str(raised.value)
+    assert received  # the body had started
+    body.close()
+    assert upstream.closes == 1
+
+
+def test_upstream_closed_once_when_never_iterated_or_closed_early(media):
+    path = media("mp4_faststart")
+    for consume in (0, 1):
+        upstream = GeneratorApp(path)
+        middleware = AudioOnlyMiddleware(upstream, block_size=4096)
+        body = middleware({"REQUEST_METHOD": "GET", "QUERY_STRING": "ali_audio_only=1", "PATH_INFO": "/v.mp4"},
+                          lambda status, headers, exc_info=None: None)
+        for _ in range(consume):
+            next(iter(body))
+        body.close()
+        body.close()
+        assert upstream.closes == 1
+
+
+# -- Range, validators, caching --------------------------------------------------------------
+
+
+@pytest.fixture
+def mp4_client(media):
+    return serve(media("mp4_moov_end"), "file")
+
+
+def full_body(client):
+    return client.get("/v.mp4?ali_audio_only=1").body
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("bytes=0-99", slice(0, 100)),
+    ("bytes=100-", slice(100, None)),
+    ("bytes=-500", slice(-500, None)),
+    ("bytes=5000-5999", slice(5000, 6000)),
+    ("bytes=0-999999999", slice(0, None)),
+])
+def test_single_range_is_a_slice_of_the_full_body(mp4_client, header, expected):
+    _, client = mp4_client
+    full = full_body(client)
+    response = client.get("/v.mp4?ali_audio_only=1", headers={"Range": header}, status=206)
+    assert response.body == full[expected]
+    first, last = response.headers["Content-Range"].split(" ")[1].split("/")[0].split("-")
+    assert full[int(first):int(last) + 1] == response.body
+    assert response.headers["Content-Range"].endswith(f"/{len(full)}")
+    assert int(response.headers["Content-Length"]) == len(response.body)
+
+
+def test_every_range_split_reassembles_the_body(media):
+    for source in ("file", "generator", "range"):
+        _, client = serve(media("mp4_faststart"), source)
+        full = full_body(client)
+        step = len(full) // 7 + 1
+        parts = [client.get("/v.mp4?ali_audio_only=1", headers={"Range": f"bytes={i}-{i + step - 1}"}).body
+                 for i in range(0, len(full), step)]
+        assert b"".join(parts) == full
+
+
+def test_unsatisfiable_range_is_416(mp4_client):
+    _, client = mp4_client
+    length = len(full_body(client))
+    response = client.get("/v.mp4?ali_audio_only=1", headers={"Range": f"bytes={length}-"}, status=416)
+    assert response.headers["Content-Range"] == f"bytes */{length}"
+
+
+def test_multiple_ranges_get_the_full_200(mp4_client):
+    _, client = mp4_client
+    response = client.get("/v.mp4?ali_audio_only=1", headers={"Range": "bytes=0-1,5-9"}, status=200)
+    assert response.body == full_body(client)
+
+
+def test_range_policies(media):
+    path = media("mp4_faststart")
+    _, ignore = serve(path, "file", range_policy="ignore")
+    response = ignore.get("/v.mp4?ali_audio_only=1", headers={"Range": "bytes=0-9"}, status=200)
+    assert response.headers["Accept-Ranges"] == "none"
+    _, reject = serve(path, "file", range_policy="reject")
+    reject.get("/v.mp4?ali_audio_only=1", headers={"Range": "bytes=0-9"}, status=416)
+    reject.get("/v.mp4?ali_audio_only=1", status=200)
+    with pytest.raises(ValueError):
+        AudioOnlyMiddleware(lambda e, s: [], range_policy="sometimes")
+
+
+def test_etag_is_derived_and_differs_from_the_source(mp4_client):
+    upstream, client = mp4_client
+    response = client.get("/v.mp4?ali_audio_only=1")
+    etag = response.headers["ETag"]
+    assert etag.startswith('"audio-') and etag != upstream.etag
+    assert client.get("/v.mp4?ali_audio_only=1").headers["ETag"] == etag
+    assert client.get("/v.mp4?ali_audio_only=1&audio_track=1").headers["ETag"] != etag
+    assert response.headers["Last-Modified"] == client.get("/v.mp4").headers["Last-Modified"]
+    upstream.etag = '"v2"'
+    assert client.get("/v.mp4?ali_audio_only=1").headers["ETag"] != etag
+
+
+def test_conditional_requests_get_304(mp4_client):
+    upstream, client = mp4_client
+    etag = client.get("/v.mp4?ali_audio_only=1").headers["ETag"]
+    response = client.get("/v.mp4?ali_audio_only=1", headers={"If-None-Match": etag}, status=304)
+    assert response.body == b"" and response.headers["ETag"] == etag
+    client.get("/v.mp4?ali_audio_only=1", headers={"If-None-Match": upstream.etag}, status=200)
+    last_modified = client.get("/v.mp4").headers["Last-Modified"]
+    client.get("/v.mp4?ali_audio_only=1", headers={"If-Modified-Since": last_modified}, status=304)
+    client.get("/v.mp4?ali_audio_only=1", headers={"If-Modified-Since": "Wed, 21 Oct 2020 07:28:00 GMT"},
+               status=200)
+    assert upstream.closes == upstream.bodies
+
+
+def test_if_range(mp4_client):
+    _, client = mp4_client
+    full = client.get("/v.mp4?ali_audio_only=1")
+    etag = full.headers["ETag"]
+    fresh = client.get("/v.mp4?ali_audio_only=1", headers={"Range": "bytes=10-19", "If-Range": etag}, status=206)
+    assert fresh.body == full.body[10:20]
+    stale = client.get("/v.mp4?ali_audio_only=1", headers={"Range": "bytes=10-19", "If-Range": '"old"'}, status=200)
+    assert stale.body == full.body
+    by_date = client.get("/v.mp4?ali_audio_only=1", headers={"Range": "bytes=10-19",
+                                                             "If-Range": full.headers["Last-Modified"]}, status=206)
+    assert by_date.body == full.body[10:20]
+
+
+def test_plan_cache_is_used_and_keyed_by_validators(media):
+    path = media("mp4_faststart")
+    upstream = FileApp(path, "video/mp4")
+    middleware = AudioOnlyMiddleware(upstream)
+    client = TestApp(middleware)
+    first = client.get("/v.mp4?ali_audio_only=1").body
+    assert middleware.cache.misses == 1 and len(middleware.cache) == 1
+    assert client.get("/v.mp4?ali_audio_only=1", headers={"Range": "bytes=3-40"}).body == first[3:41]
+    assert middleware.cache.hits == 1
+    upstream.etag = '"changed"'
+    client.get("/v.mp4?ali_audio_only=1")
+    assert middleware.cache.misses == 2
+
+
+def test_no_validators_no_cache_no_etag(media):
+    upstream = GeneratorApp(media("mp4_faststart"), etag=None, last_modified=None)
+    middleware = AudioOnlyMiddleware(upstream)
+    response = TestApp(middleware).get("/v.mp4?ali_audio_only=1")
+    assert "ETag" not in response.headers
+    assert len(middleware.cache) == 0
+
+
+# -- track selection --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("selector, kept", [("1", [0]), ("2", [1]), ("eng", [0]), ("fra", [1]), ("FRA", [1])])
+def test_track_selection(media, selector, kept):
+    path = media("mp4_two_audio")
+    for source in ("file", "generator"):
+        _, client = serve(path, source)
+        response = client.get(f"/v.mp4?ali_audio_only=1&audio_track={selector}")
+        assert media_toolkit.stream_types(response.body) == ["audio"]
+        media_toolkit.assert_audio_identical(path, response.body, tracks=kept)
+
+
+def test_fragmented_track_selection(media, tmp_path):
+    path = media("mp4_two_audio")
+    fragmented = tmp_path / "two_frag.mp4"
+    import av
+
+    with av.open(str(path)) as source, av.open(str(fragmented), "w", format="mp4", options={
+            "movflags": "frag_keyframe+empty_moov+default_base_moof"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in source.streams}
+        for packet in source.demux():
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    _, client = serve(fragmented, "file")
+    response = client.get("/v.mp4?ali_audio_only=1&audio_track=2")
+    media_toolkit.assert_audio_identical(fragmented, response.body, tracks=[1])
+
+
+@pytest.mark.parametrize("selector", ["3", "0", "deu"])
+def test_unknown_track_is_404(media, selector):
+    _, client = serve(media("mp4_two_audio"), "file")
+    response = client.get(f"/v.mp4?ali_audio_only=1&audio_track={selector}", status=404)
+    assert "track" in response.text
+
+
+# -- random access: only the audio bytes are read -----------------------------------------------
+
+
+class CountingFile:
+    """A file object without fileno(), so every byte read goes through read()."""
+
+    def __init__(self, path):
+        self._file = open(path, "rb")
+        self.bytes_read = 0
+
+    def read(self, size=-1):
+        data = self._file.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def seek(self, *args):
+        return self._file.seek(*args)
+
+    def tell(self):
+        return self._file.tell()
+
+    def close(self):
+        self._file.close()
+
+
+def test_file_backed_source_reads_little_more_than_the_audio(video_heavy):
+    opened = []
+
+    def app(environ, start_response):
+        counting = CountingFile(video_heavy)
+        opened.append(counting)
+        start_response("200 OK", [("Content-Type", "video/mp4"),
+                                  ("Content-Length", str(video_heavy.stat().st_size))])
+        return environ["wsgi.file_wrapper"](counting, 8192)
+
+    response = TestApp(AudioOnlyMiddleware(app)).get("/v.mp4?ali_audio_only=1")
+    media_toolkit.assert_audio_identical(video_heavy, response.body)
+    read = opened[0].bytes_read
+    size = video_heavy.stat().st_size
+    assert read < 1.1 * len(response.body) + 4096, (read, len(response.body))
+    assert read < size / 5, (read, size)
+
+
+def test_range_capable_iterable_app_is_read_with_subrequests(video_heavy):
+    upstream = RangeApp(video_heavy)
+    response = TestApp(AudioOnlyMiddleware(upstream)).get("/v.mp4?ali_audio_only=1")
+    media_toolkit.assert_audio_identical(video_heavy, response.body)
+    assert upstream.range_requests > 0
+    size = video_heavy.stat().st_size
+    # the whole-file response is abandoned after its first blocks; sub-requests fetch the rest
+    assert upstream.bytes_sent < size / 2, (upstream.bytes_sent, size)
+    assert upstream.closes == upstream.bodies
+
+
+def test_forward_only_moov_at_end_is_spooled(media):
+    path = media("mp4_moov_end")
+    upstream, client = serve(path, "generator")
+    response = client.get("/v.mp4?ali_audio_only=1")
+    assert int(response.headers["Content-Length"]) == len(response.body)
+    media_toolkit.assert_audio_identical(path, response.body)
