@@ -13,7 +13,6 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +38,7 @@ class Span:
         return self.offset + self.length
 
 
-Piece = Union[Literal, Span]
+Piece = Literal | Span
 
 
 def coalesce(pieces: Iterable[Piece]) -> Iterator[Piece]:

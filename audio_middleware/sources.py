@@ -233,7 +233,8 @@ class FileSource:
             want = min(BLOCK, end - offset)
             data = self.read(offset, want)
             if len(data) != want:
-                raise SourceTruncated(f"source ends at byte {offset + len(data)}, {end - offset - len(data)} bytes short")
+                missing = end - offset - len(data)
+                raise SourceTruncated(f"source ends at byte {offset + len(data)}, {missing} bytes short")
             offset += want
             yield data
 

@@ -161,7 +161,7 @@ class Fragment:
                 continue
             previous_end = self._read_traf(child, previous_end, kept_ids, trex_sizes, limits)
         self.runs.sort(key=lambda run: run.source_offset)
-        for before, after in zip(self.runs, self.runs[1:]):
+        for before, after in zip(self.runs, self.runs[1:], strict=False):
             if before.source_offset + before.length > after.source_offset and before.length and after.length:
                 raise MalformedMedia(f"track runs overlap at byte {after.source_offset}")
 

@@ -48,7 +48,7 @@ def _source_order(tracks: list[Track]) -> tuple[array, list[int], list[tuple[int
 def _check_chunks(offsets: array, sizes: list[int], source_size: int | None) -> None:
     """Chunks must not overlap and must lie inside the file when its size is known."""
     ends = list(map(add, offsets, sizes))
-    for index, (end, following) in enumerate(zip(ends, offsets[1:])):
+    for index, (end, following) in enumerate(zip(ends, offsets[1:], strict=False)):
         if end > following and sizes[index + 1] and sizes[index]:
             raise MalformedMedia(f"audio chunks overlap at byte {following}")
     if source_size is not None and ends and max(ends) > source_size:
@@ -82,7 +82,7 @@ def build_head(layout: Layout, movie: Movie, kept: list[Track], source_size: int
 
     new_offsets = placeholder
     tables = [new_offsets[track.track_id] for track in kept]
-    for (owner, index), position in zip(owners, accumulate(sizes, initial=data_start)):
+    for (owner, index), position in zip(owners, accumulate(sizes, initial=data_start), strict=False):
         tables[owner][index] = position
     moov = rewrite_movie(movie, kept, new_offsets, wide, limits)
     if len(moov) != moov_length:
@@ -94,7 +94,7 @@ def _runs(offsets: array, sizes: list[int]) -> list[Span]:
     """One span per run of chunks that touch in the source."""
     spans: list[Span] = []
     run_start = run_end = -1
-    for offset, size in zip(offsets, sizes):
+    for offset, size in zip(offsets, sizes, strict=False):
         if not size:
             continue
         if offset == run_end:

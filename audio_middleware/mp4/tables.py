@@ -42,7 +42,8 @@ def _counted(data: bytes | memoryview, box: Box, head: int, entry_size: float, m
         raise LimitExceeded(f"'{box.name}' has {count} entries, more than the limit of {max_entries}")
     room = box.end - (start + 4)
     if count * entry_size > room:
-        raise MalformedMedia(f"'{box.name}' at byte {box.offset} claims {count} entries, room for {int(room // entry_size)}")
+        fits = int(room // entry_size)
+        raise MalformedMedia(f"'{box.name}' at byte {box.offset} claims {count} entries, room for {fits}")
     return count, start + 4
 
 

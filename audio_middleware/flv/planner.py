@@ -1,0 +1,542 @@
+"""FLV (video + audio) to audio-only FLV, as a plan of literals and source spans.
+
+Output layout::
+
+    FLV header (video flag cleared, audio flag set, DataOffset 9) + PreviousTagSize0
+    script tags, in place (onMetaData rewritten as a Literal; onCuePoint, captions and other
+    script tags describe the video and are dropped)
+    audio tags, each one Span = tag header + data + its own PreviousTagSize
+
+Copying the PreviousTagSize that *follows* an audio tag keeps the back-pointer
+chain valid without generating a byte per tag: that field describes the tag
+before it, i.e. the audio tag itself.
+
+Two ways to plan (``plan_flv(index=...)``):
+
+- **index** (random-access source): walk every tag header with one 16-byte
+  read per tag (header + the first data bytes that name an audio codec; never
+  a video payload) and return a complete :class:`Plan` with an exact length,
+  so the caller can send Content-Length and serve Range.
+- **lazy** (stream): return a :class:`LazyPlan` whose generator reads the
+  source as it is consumed. It never reads behind a span it has yielded: it
+  reads the next tag header only once resumed, i.e. after the caller has read
+  the span. Before its first piece it looks ahead (at most
+  ``Limits.flv_probe_bytes``) for the first audio tag, so "no audio" is an
+  error raised before any output; the header and script tags it holds
+  meanwhile are Literals bounded by ``Limits.max_script_size``.
+
+Behaviours decided here (and tested):
+
+- Navigation trusts DataSize only; PreviousTagSize values are never used to
+  move (bad ones are tolerated and copied as they are with the audio tag).
+- Video tags and unknown tag types are dropped. An audio tag with the filter
+  (encryption) bit set is :class:`UnsupportedMedia`. Reserved bits are ignored.
+- Every ``onMetaData`` script tag is rewritten (see :func:`rewrite_metadata`);
+  other script tags (``onCuePoint``, ``onTextData``...) are dropped: they
+  navigate or caption the video, and demuxers expose them as a data stream.
+- Fewer than 11 bytes after the last tag are ignored (trailing garbage). A
+  final audio/script tag whose own PreviousTagSize is missing gets a generated
+  one when the source size is known.
+- Truncation: a tag we must copy that runs past the end of the source is
+  :class:`MalformedMedia` in index mode and :class:`SourceTruncated` in lazy
+  mode (raised by the generator when the source size is known, else by the
+  caller when reading the span). A truncated video tag at the end only ends
+  the walk: the audio output is complete.
+- Seeking (``start``/``end`` in seconds): audio tags with a timestamp in
+  ``[start, end)`` milliseconds are kept, timestamps unchanged, plus every
+  decoder configuration tag (AAC AudioSpecificConfig, Enhanced-RTMP
+  SequenceStart) whatever its time. The walk stops at the first audio tag at or
+  past ``end`` (audio timestamps are taken as non-decreasing). Script tags are
+  kept if they come before the first audio tag or fall inside the window.
+  ``onMetaData.duration`` becomes ``min(end, duration) - start`` when the file
+  states a duration. No audio frame in the window (or ``end <= start``):
+  :class:`NoAudioTrack`. A NaN or infinite bound is a ``ValueError``.
+- ``filesize`` (any spelling, e.g. OBS's ``fileSize``) is the exact output
+  length in index mode (added if absent, kept in place if present), removed
+  in lazy mode, where it is unknown.
+
+``plan.info``: ``container`` ("flv"), ``audio_codec`` (from the first audio
+tag's SoundFormat, see :data:`.tags.SOUND_FORMATS`: "aac", "mp3", "adpcm",
+"pcm"... or an Enhanced-RTMP FourCC name such as "opus"), ``duration`` in
+seconds (onMetaData's, clipped when seeking; if absent or 0, in index mode the
+last kept audio timestamp, else None) and ``tracks`` (one ``{"type": "audio",
+"codec": ...}``). A LazyPlan fills them in when its first piece is taken.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, SourceTruncated, UnsupportedMedia
+from ..limits import Limits
+from ..plan import LazyPlan, Literal, Piece, Plan, Span, coalesce
+from ..sources import Source, read_exact
+from . import amf
+from .tags import (
+    FILE_HEADER_SIZE,
+    FILTER_BIT,
+    PEEK_SIZE,
+    PREVIOUS_TAG_SIZE,
+    TAG_AUDIO,
+    TAG_HEAD,
+    TAG_HEADER_SIZE,
+    TAG_OVERHEAD,
+    TAG_SCRIPT,
+    TYPE_MASK,
+    FileHeader,
+    audio_codec_name,
+    is_audio_config,
+    parse_file_header,
+)
+
+CONTENT_TYPE = "video/x-flv"
+
+#: A script body starting with these bytes is AMF0 string "onMetaData".
+METADATA_PREFIX = b"\x02\x00\x0aonMetaData"
+
+#: onMetaData keys that only describe video (compared in lower case).
+VIDEO_KEYS = frozenset({
+    "width", "height", "framerate", "fps", "displaywidth", "displayheight", "framewidth", "frameheight",
+    "keyframes", "haskeyframes", "lastkeyframetimestamp", "lastkeyframelocation",
+    "filepositions", "times", "avcprofile", "avclevel",
+    # Size of the source's tag data: wrong for the output (filesize is handled apart).
+    "datasize",
+})
+#: onMetaData keys starting with one of these (lower case) are dropped too.
+VIDEO_KEY_PREFIXES = ("video", "keyframe", "canseektoend")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The kept time range, in milliseconds (``end_ms`` may be infinite)."""
+
+    start: float | None
+    end: float | None
+    start_ms: float
+    end_ms: float
+
+    @property
+    def active(self) -> bool:
+        return self.start_ms > 0 or self.end_ms != math.inf
+
+    @classmethod
+    def from_seconds(cls, start: float | None, end: float | None) -> Window:
+        """Validate ``start``/``end``; ``None`` or ``start <= 0`` means "from the beginning"."""
+        for name, value in (("start", start), ("end", end)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+        start_ms = max(start, 0.0) * 1000.0 if start is not None else 0.0
+        end_ms = end * 1000.0 if end is not None else math.inf
+        if end_ms <= start_ms:
+            raise NoAudioTrack(f"empty time range: start={start} end={end}")
+        return cls(start, end, start_ms, end_ms)
+
+    def clip_duration(self, duration: float) -> float:
+        """The duration of the clip when the media lasts ``duration`` seconds."""
+        stop = min(duration, self.end_ms / 1000.0)
+        return max(0.0, stop - self.start_ms / 1000.0)
+
+
+def plan_flv(source: Source, limits: Limits, *, index: bool | None = None,
+             start: float | None = None, end: float | None = None) -> Plan | LazyPlan:
+    """Plan the audio-only rendition of the FLV in ``source``.
+
+    ``index`` defaults to ``source.random_access``: a complete :class:`Plan`
+    when indexing, else a :class:`LazyPlan` whose ``info`` is filled in when
+    its first piece is taken. ``start``/``end`` (seconds) select a time range.
+    Indexing only reads forward too, but the plan's spans are read again
+    afterwards: ``index=True`` needs a source that can be read twice.
+    """
+    window = Window.from_seconds(start, end)
+    if index is None:
+        index = source.random_access
+    if index:
+        return _plan_indexed(source, limits, window)
+    info: dict = {"container": "flv"}
+    return LazyPlan(_lazy_pieces(source, limits, window, info), CONTENT_TYPE, info)
+
+
+# -- onMetaData ---------------------------------------------------------------------------------
+
+
+def _is_video_key(key: str) -> bool:
+    lower = key.lower()
+    return lower in VIDEO_KEYS or lower.startswith(VIDEO_KEY_PREFIXES)
+
+
+class _NoValue:
+    """Marks an onMetaData tag that has no argument (encoded as nothing)."""
+
+
+_NO_VALUE = _NoValue()
+
+
+@dataclass
+class Metadata:
+    """A decoded and cleaned onMetaData body, ready to be encoded with the final filesize."""
+
+    name: object
+    value: object
+    rest: bytes
+    duration: float | None
+
+    def encode(self, filesize: int | None) -> bytes:
+        """The script body. ``filesize`` (any spelling) set as a number (always 9 bytes) or, when None, removed."""
+        value = self.value
+        if isinstance(value, dict):
+            value = type(value)(value)
+            spellings = [key for key in value if key.lower() == "filesize"]  # OBS writes "fileSize"
+            if filesize is not None:
+                value[spellings.pop(0) if spellings else "filesize"] = float(filesize)
+            for key in spellings:
+                del value[key]
+        encoded = b"" if value is _NO_VALUE else amf.encode_value(value)
+        return amf.encode_value(self.name) + encoded + self.rest
+
+
+def rewrite_metadata(body: bytes, limits: Limits, window: Window) -> Metadata:
+    """Decode onMetaData and make it describe an audio-only file.
+
+    ``hasVideo`` becomes false; video-only keys (:data:`VIDEO_KEYS`, any key
+    starting with ``video``/``keyframe``/``canSeekToEnd``) and ``datasize``
+    are removed; ``filesize`` is left for :meth:`Metadata.encode`; when
+    seeking, ``duration`` is clipped. Everything else is kept, in order, and
+    bytes after the metadata value are kept verbatim. A value that is not an
+    object (a strict array...) is kept unchanged.
+    """
+    name, pos = amf.decode_value(body, limits.max_amf_depth)
+    if pos >= len(body):
+        return Metadata(name, _NO_VALUE, b"", None)
+    value, pos = amf.decode_value(body, limits.max_amf_depth, pos)
+    duration = None
+    if isinstance(value, dict):
+        value = type(value)((key, item) for key, item in value.items() if not _is_video_key(key))
+        value["hasVideo"] = False
+        stated = value.get("duration")
+        if isinstance(stated, float) and math.isfinite(stated) and stated >= 0:
+            duration = window.clip_duration(stated) if window.active else stated
+            value["duration"] = duration
+    return Metadata(name, value, body[pos:], duration)
+
+
+def _metadata_tag(head: bytes, meta: Metadata, filesize: int | None) -> bytes:
+    """A complete script tag for ``meta``: same type byte, timestamp and stream id; new sizes."""
+    body = meta.encode(filesize)
+    if len(body) > 0xFFFFFF:
+        raise LimitExceeded("rewritten onMetaData does not fit an FLV tag")
+    word = (head[0] << 24) | len(body)
+    stamp = TAG_HEAD.unpack_from(head)[1]
+    return TAG_HEAD.pack(word, stamp) + head[8:TAG_HEADER_SIZE] + body + PREVIOUS_TAG_SIZE.pack(
+        TAG_HEADER_SIZE + len(body))
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+
+
+def _read_file_header(source: Source) -> FileHeader:
+    return parse_file_header(source.read(0, FILE_HEADER_SIZE))
+
+
+def _timestamp(stamp: int) -> int:
+    """Milliseconds from the second header word (24 low bits, then the extended upper byte)."""
+    return (stamp >> 8) | ((stamp & 0xFF) << 24)
+
+
+def _read_script(source: Source, pos: int, size: int, limits: Limits) -> bytes:
+    """The whole script tag (header + body) at ``pos``, bounded by ``max_script_size``."""
+    if size > limits.max_script_size:
+        raise LimitExceeded(f"script tag at byte {pos} is {size} bytes (max_script_size {limits.max_script_size})")
+    return read_exact(source, pos, TAG_HEADER_SIZE + size, f"the script tag at byte {pos}")
+
+
+def _with_trailer(tag: bytes) -> bytes:
+    """A tag read without its PreviousTagSize, completed with a correct one."""
+    return tag + PREVIOUS_TAG_SIZE.pack(len(tag))
+
+
+def _copy(pos: int, size: int, source_size: int | None, truncated: type[Exception]) -> tuple[Piece, ...]:
+    """Pieces copying the tag at ``pos`` and its PreviousTagSize.
+
+    Raises ``truncated`` when the tag itself runs past ``source_size``; a
+    missing final PreviousTagSize is generated.
+    """
+    body_end = pos + TAG_HEADER_SIZE + size
+    if source_size is not None and body_end + 4 > source_size:
+        if body_end > source_size:
+            raise truncated(f"FLV truncated at byte {source_size}: tag at byte {pos} needs {body_end - pos} bytes")
+        return Span(pos, body_end - pos), Literal(PREVIOUS_TAG_SIZE.pack(body_end - pos))
+    return (Span(pos, body_end + 4 - pos),)
+
+
+def _measured_size(source: Source, pos: int, size: int) -> int | None:
+    """Source size if known, else an upper bound good enough for :func:`_copy` (one small read)."""
+    if source.size is not None:
+        return source.size
+    body_end = pos + TAG_HEADER_SIZE + size
+    return body_end - 1 + len(source.read(body_end - 1, 5))
+
+
+def _audio_info(info: dict, peek: bytes) -> None:
+    codec = audio_codec_name(peek)
+    info["audio_codec"] = codec
+    info["tracks"] = [{"type": "audio", "codec": codec}]
+
+
+def _no_audio(window: Window, seen_audio: bool) -> NoAudioTrack:
+    if seen_audio and window.active:
+        return NoAudioTrack(f"no audio in the time range start={window.start} end={window.end}")
+    return NoAudioTrack("FLV has no audio tags")
+
+
+# -- index mode --------------------------------------------------------------------------------
+
+
+class _Pieces:
+    """The pieces of an indexed plan; touching spans are merged as they are added (no Span per tag)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[Piece] = []
+        self.run_start = self.run_end = -1
+
+    def span(self, offset: int, length: int) -> None:
+        if offset == self.run_end:
+            self.run_end += length
+        else:
+            self.flush()
+            self.run_start, self.run_end = offset, offset + length
+
+    def flush(self) -> None:
+        if self.run_end > self.run_start:
+            self.pieces.append(Span(self.run_start, self.run_end - self.run_start))
+        self.run_start = self.run_end = -1
+
+    def add(self, piece: Piece) -> None:
+        if isinstance(piece, Span):
+            self.span(piece.offset, piece.length)
+        else:
+            self.flush()
+            self.pieces.append(piece)
+
+    def copy(self, source: Source, pos: int, size: int) -> None:
+        """Copy the tag at ``pos`` with its PreviousTagSize; MalformedMedia if it is truncated."""
+        length = TAG_OVERHEAD + size
+        if source.size is not None and pos + length <= source.size:
+            self.span(pos, length)
+        else:
+            for piece in _copy(pos, size, _measured_size(source, pos, size), MalformedMedia):
+                self.add(piece)
+
+
+def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
+    """Walk every tag header (one small read each) and build the complete plan."""
+    header = _read_file_header(source)
+    out = _Pieces()
+    out.add(Literal(header.audio_only()))
+    metadata: list[tuple[int, bytes, Metadata]] = []  # (index in pieces, tag head, decoded body)
+    info: dict = {"container": "flv", "audio_codec": None, "duration": None, "tracks": []}
+    read, unpack = source.read, TAG_HEAD.unpack_from
+    windowed, start_ms, end_ms = window.active, window.start_ms, window.end_ms
+    pos = header.data_offset + 4
+    seen_audio = False
+    frames = 0
+    last_ts = None
+    while True:
+        peek = read(pos, PEEK_SIZE)
+        if len(peek) < TAG_HEADER_SIZE:
+            break
+        word, stamp = unpack(peek)
+        kind = word >> 24
+        size = word & 0xFFFFFF
+        if kind & TYPE_MASK == TAG_AUDIO:
+            if kind & FILTER_BIT:
+                raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
+            ts = (stamp >> 8) | ((stamp & 0xFF) << 24)
+            if not seen_audio:
+                seen_audio = True
+                _audio_info(info, peek)
+            if not windowed:
+                out.copy(source, pos, size)
+                frames += 1
+                last_ts = ts
+            elif ts >= end_ms:
+                break
+            elif is_audio_config(peek, size):
+                out.copy(source, pos, size)
+            elif ts >= start_ms:
+                out.copy(source, pos, size)
+                frames += 1
+                last_ts = ts
+        elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(window, seen_audio, _timestamp(stamp)):
+            if size >= len(METADATA_PREFIX) and not kind & FILTER_BIT and _is_metadata(source, pos):
+                tag = _read_script(source, pos, size, limits)
+                meta = rewrite_metadata(tag[TAG_HEADER_SIZE:], limits, window)
+                out.flush()
+                metadata.append((len(out.pieces), tag[:TAG_HEADER_SIZE], meta))
+                out.add(Literal(_metadata_tag(tag, meta, 0)))
+            # other script tags (onCuePoint, onTextData captions...) describe the video: dropped
+        pos += TAG_OVERHEAD + size
+    if not frames:
+        raise _no_audio(window, seen_audio)
+    out.flush()
+    pieces = out.pieces
+    total = sum(piece.length for piece in pieces)
+    for slot, head, meta in metadata:
+        pieces[slot] = Literal(_metadata_tag(head, meta, total))
+    _set_duration(info, metadata[0][2].duration if metadata else None, last_ts, window)
+    return Plan(tuple(coalesce(pieces)), CONTENT_TYPE, info)
+
+
+def _set_duration(info: dict, meta_duration: float | None, last_ts: int | None, window: Window) -> None:
+    """Duration in seconds: onMetaData's if stated and not 0 (live writers leave 0), else the last audio timestamp."""
+    if meta_duration:
+        info["duration"] = meta_duration
+    elif last_ts is not None:
+        info["duration"] = max(0.0, last_ts / 1000.0 - window.start_ms / 1000.0)
+
+
+def _keep_script(window: Window, seen_audio: bool, ts: int) -> bool:
+    """Script tags before the first audio tag are always kept; later ones when inside the window."""
+    return not seen_audio or not window.active or window.start_ms <= ts < window.end_ms
+
+
+def _is_metadata(source: Source, pos: int) -> bool:
+    """Whether the script tag at ``pos`` is onMetaData (reads 13 bytes, not the body)."""
+    return source.read(pos + TAG_HEADER_SIZE, len(METADATA_PREFIX)) == METADATA_PREFIX
+
+
+# -- lazy mode ---------------------------------------------------------------------------------
+
+
+class _Probe:
+    """State of the look-ahead done before the first lazy piece.
+
+    Everything met before the first kept audio frame is held as Literals (the
+    source may be forward-only: reading on discards it), within
+    ``max_script_size`` bytes in all.
+    """
+
+    def __init__(self, source: Source, limits: Limits, window: Window, info: dict) -> None:
+        self.source = source
+        self.limits = limits
+        self.window = window
+        self.info = info
+        self.held: list[Piece] = []
+        self.budget = limits.max_script_size
+        self.seen_audio = False
+        self.found_frame = False
+
+    def hold(self, data: bytes) -> None:
+        self.budget -= len(data)
+        if self.budget < 0:
+            raise LimitExceeded(f"more than max_script_size ({self.limits.max_script_size}) bytes of script "
+                                "and configuration tags before the first audio frame")
+        self.held.append(Literal(data))
+
+    def script(self, pos: int, size: int, kind: int) -> None:
+        """Hold a script tag met during the probe (rewritten if it is onMetaData)."""
+        tag = _read_script(self.source, pos, size, self.limits)
+        body = tag[TAG_HEADER_SIZE:]
+        if not kind & FILTER_BIT and body.startswith(METADATA_PREFIX):
+            meta = rewrite_metadata(body, self.limits, self.window)
+            self.info.setdefault("duration", meta.duration or None)  # live writers store 0
+            self.hold(_metadata_tag(tag, meta, None))
+        # other script tags (onCuePoint, onTextData captions...) describe the video: dropped
+
+    def audio(self, pos: int, size: int, ts: int, peek: bytes) -> bool:
+        """Handle an audio tag; True when it is the first kept frame (its Span ends the probe)."""
+        window = self.window
+        if ts >= window.end_ms:
+            raise _no_audio(window, True)
+        if not self.seen_audio:
+            self.seen_audio = True
+            _audio_info(self.info, peek)
+        if window.active and is_audio_config(peek, size):
+            tag = read_exact(self.source, pos, TAG_HEADER_SIZE + size, f"the audio tag at byte {pos}")
+            self.hold(_with_trailer(tag))
+            return False
+        if ts < window.start_ms:
+            return False
+        self.held.extend(_copy(pos, size, self.source.size, SourceTruncated))
+        self.found_frame = True
+        return True
+
+    def run(self, pos: int) -> int:
+        """Walk until the first kept audio frame (or the probe bound); return where streaming resumes."""
+        source, limits = self.source, self.limits
+        probe_end = pos + limits.flv_probe_bytes
+        while True:
+            if pos > probe_end:
+                if self.seen_audio:
+                    return pos
+                raise NoAudioTrack(f"FLV has no audio tags in its first {limits.flv_probe_bytes} bytes")
+            peek = source.read(pos, PEEK_SIZE)
+            if len(peek) < TAG_HEADER_SIZE:
+                raise _no_audio(self.window, self.seen_audio)
+            word, stamp = TAG_HEAD.unpack_from(peek)
+            kind = word >> 24
+            size = word & 0xFFFFFF
+            if kind & TYPE_MASK == TAG_AUDIO:
+                if kind & FILTER_BIT:
+                    raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
+                if self.audio(pos, size, _timestamp(stamp), peek):
+                    return pos + TAG_OVERHEAD + size
+            elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(self.window, self.seen_audio, _timestamp(stamp)):
+                self.script(pos, size, kind)
+            pos += TAG_OVERHEAD + size
+
+
+def _lazy_pieces(source: Source, limits: Limits, window: Window, info: dict) -> Iterator[Piece]:
+    """The lazy plan: probe for audio, flush what was held, then stream tag by tag."""
+    header = _read_file_header(source)
+    probe = _Probe(source, limits, window, info)
+    probe.held.append(Literal(header.audio_only()))
+    pos = probe.run(header.data_offset + 4)
+    info.setdefault("duration", None)
+    yield from coalesce(probe.held)
+    yield from _stream(source, limits, window, pos, probe.found_frame)
+
+
+def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bool) -> Iterator[Piece]:
+    """Yield audio tags from ``pos`` on; a tag header is read only after the previous span was consumed."""
+    read = source.read
+    unpack = TAG_HEAD.unpack_from
+    source_size = source.size
+    windowed = window.active
+    start_ms, end_ms = window.start_ms, window.end_ms
+    while True:
+        peek = read(pos, PEEK_SIZE)
+        if len(peek) < TAG_HEADER_SIZE:
+            break
+        word, stamp = unpack(peek)
+        kind = word >> 24
+        size = word & 0xFFFFFF
+        if kind & TYPE_MASK == TAG_AUDIO:
+            if kind & FILTER_BIT:
+                raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
+            if windowed:
+                ts = _timestamp(stamp)
+                if ts >= end_ms:
+                    break
+                if ts < start_ms and not is_audio_config(peek, size):
+                    pos += TAG_OVERHEAD + size
+                    continue
+                frames = frames or not is_audio_config(peek, size)
+            if source_size is None or pos + TAG_OVERHEAD + size <= source_size:
+                yield Span(pos, TAG_OVERHEAD + size)
+            else:
+                yield from _copy(pos, size, source_size, SourceTruncated)
+        elif kind & TYPE_MASK == TAG_SCRIPT and (not windowed or start_ms <= _timestamp(stamp) < end_ms):
+            yield from _stream_script(source, limits, window, pos, size, kind)
+        pos += TAG_OVERHEAD + size
+    if not frames:
+        raise _no_audio(window, True)
+
+
+def _stream_script(source: Source, limits: Limits, window: Window, pos: int, size: int, kind: int) -> Iterator[Piece]:
+    """A script tag met while streaming: onMetaData rewritten, others (cue points, captions) dropped."""
+    prefix = source.read(pos, TAG_HEADER_SIZE + len(METADATA_PREFIX))
+    if not kind & FILTER_BIT and prefix[TAG_HEADER_SIZE:] == METADATA_PREFIX:
+        tag = _read_script(source, pos, size, limits)
+        yield Literal(_metadata_tag(tag, rewrite_metadata(tag[TAG_HEADER_SIZE:], limits, window), None))
