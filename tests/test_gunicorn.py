@@ -1,0 +1,129 @@
+"""The middleware under a real gunicorn on 127.0.0.1, with ``requests`` as the client."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import requests
+
+from .conftest import media_toolkit
+from .servers import run_gunicorn
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def server(media, video_heavy, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served")
+    for kind in ("mp4_faststart", "mp4_moov_end", "flv_aac", "mp4_fragmented"):
+        shutil.copy(media(kind), folder / media(kind).name)
+    shutil.copy(video_heavy, folder / "heavy.mp4")
+    remux_faststart(video_heavy, folder / "heavy_faststart.mp4")
+    close_log = folder / "closes.log"
+    close_log.touch()
+    env = {"AM_MEDIA_DIR": str(folder), "AM_CLOSE_LOG": str(close_log)}
+    with run_gunicorn("tests.server_apps:app", env=env, threads=4) as url:
+        yield url, folder, close_log
+
+
+def remux_faststart(source, target):
+    """Stream-copy ``source`` into an MP4 with moov in front."""
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(target), "w", format="mp4",
+                                              options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+
+
+def closes(close_log, label, expected, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = close_log.read_text().splitlines().count(label)
+        if count >= expected:
+            return count
+        time.sleep(0.05)
+    return close_log.read_text().splitlines().count(label)
+
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+@pytest.mark.parametrize("name", ["mp4_faststart.mp4", "mp4_moov_end.mp4"])
+def test_mp4_has_exact_content_length(server, mode, name):
+    url, folder, _ = server
+    response = requests.get(f"{url}/{mode}/{name}?ali_audio_only=1", timeout=30)
+    assert response.status_code == 200
+    assert "chunked" not in response.headers.get("Transfer-Encoding", "")
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    media_toolkit.assert_audio_identical(folder / name, response.content)
+
+
+@pytest.mark.parametrize("name", ["flv_aac.flv", "mp4_fragmented.mp4"])
+def test_forward_only_streams_are_chunked(server, name):
+    url, folder, _ = server
+    response = requests.get(f"{url}/stream/{name}?ali_audio_only=1", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in response.headers
+    media_toolkit.assert_audio_identical(folder / name, response.content)
+
+
+def test_file_backed_flv_has_length_and_ranges(server):
+    url, folder, _ = server
+    full = requests.get(f"{url}/file/flv_aac.flv?ali_audio_only=1", timeout=30)
+    assert int(full.headers["Content-Length"]) == len(full.content)
+    media_toolkit.assert_audio_identical(folder / "flv_aac.flv", full.content)
+    part = requests.get(f"{url}/file/flv_aac.flv?ali_audio_only=1", headers={"Range": "bytes=100-999"}, timeout=30)
+    assert part.status_code == 206 and part.content == full.content[100:1000]
+
+
+def test_range_and_head_over_http(server):
+    url, _, _ = server
+    full = requests.get(f"{url}/file/mp4_moov_end.mp4?ali_audio_only=1", timeout=30)
+    part = requests.get(f"{url}/file/mp4_moov_end.mp4?ali_audio_only=1", headers={"Range": "bytes=-1000"}, timeout=30)
+    assert part.status_code == 206 and part.content == full.content[-1000:]
+    head = requests.head(f"{url}/file/mp4_moov_end.mp4?ali_audio_only=1", timeout=30)
+    assert head.headers["Content-Length"] == full.headers["Content-Length"] and not head.content
+
+
+def test_unflagged_is_the_file(server):
+    url, folder, _ = server
+    for mode in ("file", "stream"):
+        response = requests.get(f"{url}/{mode}/mp4_faststart.mp4", timeout=30)
+        assert response.content == (folder / "mp4_faststart.mp4").read_bytes()
+
+
+def test_truncated_source_is_an_incomplete_response(server):
+    url, _, close_log = server
+    response = requests.get(f"{url}/truncated/heavy_faststart.mp4?ali_audio_only=1", stream=True, timeout=30)
+    assert response.status_code == 200  # the body had started when the source ran short
+    with pytest.raises(requests.exceptions.RequestException):
+        # requests raises while reading a body shorter than its Content-Length
+        received = b"".join(response.iter_content(65536))
+        pytest.fail(f"a short body passed as complete: {len(received)} of {response.headers['Content-Length']}")
+    assert closes(close_log, "truncated heavy_faststart.mp4", 1) == 1
+
+
+def test_truncation_found_before_the_body_is_an_error_status(server):
+    url, _, close_log = server
+    response = requests.get(f"{url}/truncated/heavy.mp4?ali_audio_only=1", timeout=30)
+    assert response.status_code == 502 and "available" in response.text
+    assert closes(close_log, "truncated heavy.mp4", 1) == 1
+
+
+def test_client_disconnect_closes_upstream_once(server):
+    url, _, close_log = server
+    label = "slow heavy.mp4"
+    before = close_log.read_text().splitlines().count(label)
+    # unflagged: the whole 2 MB video trickles out slowly; flagged: the audio comes after slow skipping
+    for query in ("", "?ali_audio_only=1"):
+        response = requests.get(f"{url}/slow/heavy.mp4{query}", stream=True, timeout=30)
+        next(response.iter_content(1024))
+        response.close()  # the client goes away mid-stream
+    assert closes(close_log, label, before + 2) == before + 2
+    time.sleep(0.5)
+    assert close_log.read_text().splitlines().count(label) == before + 2  # exactly once each
