@@ -196,7 +196,7 @@ class AudioOnlyMiddleware:
         """Replace a forward-only source: Range sub-requests if the app offers them, else spool."""
         length = upstream.content_length
         ranges = upstream.headers.get("Accept-Ranges", "").lower()
-        if self.range_subrequests and length and "bytes" in ranges and upstream.chunks is not None:
+        if self.range_subrequests and length and "bytes" in ranges:
             ranged = RangeSource(self._subrequest_fetcher(upstream_environ, length), length)
             try:
                 ranged.read(0, 16)

@@ -51,14 +51,21 @@ def read_exact(source: Source, offset: int, length: int, what: str = "data") -> 
 
 
 class SequentialSource:
-    """A forward-only reader over a WSGI body iterable, with skip and a small buffer."""
+    """A forward-only reader over a WSGI body iterable, with skip and a small buffer.
+
+    Consumed bytes are dropped by moving a read index, and the buffer is
+    compacted only once most of it is consumed, so that many small reads (FLV
+    tag headers) cost no memmove each.
+    """
 
     random_access = False
+    COMPACT_AT = 256 * 1024
 
     def __init__(self, iterable: Iterable[bytes], size: int | None = None, *, retain: bool = True) -> None:
         self._chunks = iter(iterable)
         self._buf = bytearray()
-        self._base = 0  # source offset of self._buf[0]
+        self._head = 0  # index in self._buf of the first byte still available
+        self._base = 0  # source offset of self._buf[self._head]
         self._eof = False
         self.size = size
         #: While True nothing is discarded, so the body can still be replayed or spooled.
@@ -69,14 +76,25 @@ class SequentialSource:
         """Offset of the first byte still available."""
         return self._base
 
+    @property
+    def _available(self) -> int:
+        return len(self._buf) - self._head
+
     def _pull(self) -> bytes | None:
         if self._eof:
             return None
         for chunk in self._chunks:
             if chunk:
-                return bytes(chunk) if not isinstance(chunk, bytes) else chunk
+                return chunk if isinstance(chunk, bytes) else bytes(chunk)
         self._eof = True
         return None
+
+    def _drop(self, count: int) -> None:
+        self._head += count
+        self._base += count
+        if self._head >= self.COMPACT_AT and self._head * 2 >= len(self._buf):
+            del self._buf[:self._head]
+            self._head = 0
 
     def _discard_before(self, offset: int) -> None:
         if self.retain:
@@ -84,13 +102,13 @@ class SequentialSource:
         if offset < self._base:
             raise MalformedMedia(f"read at {offset} goes back before {self._base} on a forward-only source")
         drop = offset - self._base
-        if drop <= len(self._buf):
-            del self._buf[:drop]
-            self._base = offset
+        if drop <= self._available:
+            self._drop(drop)
             return
         # Skip whole upstream chunks without buffering them.
-        self._base += len(self._buf)
+        self._base += self._available
         self._buf.clear()
+        self._head = 0
         while self._base < offset:
             chunk = self._pull()
             if chunk is None:
@@ -106,15 +124,16 @@ class SequentialSource:
             raise MalformedMedia(f"read at {offset} goes back before {self._base} on a forward-only source")
         self._discard_before(offset)
         need = offset + length - self._base
-        while len(self._buf) < need:
+        while self._available < need:
             chunk = self._pull()
             if chunk is None:
                 break
             self._buf += chunk
-        start = offset - self._base
+        start = self._head + offset - self._base
         if start >= len(self._buf):
             return b""
-        return bytes(self._buf[start:start + length])
+        with memoryview(self._buf) as view:
+            return bytes(view[start:start + length])
 
     def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
         if self.retain:
@@ -124,11 +143,12 @@ class SequentialSource:
         if self._base != offset:
             raise SourceTruncated(f"source ends before byte {offset}")
         end = offset + length
-        if self._buf:
-            take = min(len(self._buf), length)
-            yield bytes(self._buf[:take])
-            del self._buf[:take]
-            self._base += take
+        if self._available:
+            take = min(self._available, length)
+            with memoryview(self._buf) as view:
+                data = bytes(view[self._head:self._head + take])
+            self._drop(take)
+            yield data
         while self._base < end:
             chunk = self._pull()
             if chunk is None:
@@ -138,16 +158,18 @@ class SequentialSource:
                 self._base += len(chunk)
                 yield chunk
             else:
-                self._buf += memoryview(chunk)[room:]
+                self._buf = bytearray(memoryview(chunk)[room:])
+                self._head = 0
                 self._base = end
                 yield chunk[:room]
 
     def replay(self) -> Iterator[bytes]:
         """Every byte still available, then the rest of the upstream: for pass-through and spooling."""
-        if self._buf:
-            data = bytes(self._buf)
-            self._base += len(self._buf)
-            self._buf.clear()
+        if self._available:
+            data = bytes(self._buf[self._head:])
+            self._base += len(data)
+            self._buf = bytearray()
+            self._head = 0
             yield data
         while True:
             chunk = self._pull()
@@ -158,6 +180,7 @@ class SequentialSource:
 
     def close(self) -> None:
         self._buf = bytearray()
+        self._head = 0
 
 
 class FileSource:
@@ -217,6 +240,7 @@ class FileSource:
                 got += len(more)
             return b"".join(parts)
         with self._lock:
+            here = self._file.tell()  # put it back: the file may still be served as it is
             self._file.seek(position)
             parts, got = [], 0
             while got < length:
@@ -225,6 +249,7 @@ class FileSource:
                     break
                 parts.append(more)
                 got += len(more)
+            self._file.seek(here)
             return b"".join(parts)
 
     def iter_range(self, offset: int, length: int) -> Iterator[bytes]:

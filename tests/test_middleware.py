@@ -465,3 +465,15 @@ def test_forward_only_moov_at_end_is_spooled(media):
     response = client.get("/v.mp4?ali_audio_only=1")
     assert int(response.headers["Content-Length"]) == len(response.body)
     media_toolkit.assert_audio_identical(path, response.body)
+
+
+def test_sniffed_file_without_fileno_passes_through_intact(tmp_path):
+    """A flagged octet-stream file that is not media: sniffing must not move its read position."""
+    path = tmp_path / "notes.bin"
+    path.write_bytes(b"plain bytes, not a container " * 100)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](CountingFile(path), 8192)
+
+    assert TestApp(AudioOnlyMiddleware(app)).get("/n?ali_audio_only=1").body == path.read_bytes()
