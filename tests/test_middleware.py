@@ -477,3 +477,22 @@ def test_sniffed_file_without_fileno_passes_through_intact(tmp_path):
         return environ["wsgi.file_wrapper"](CountingFile(path), 8192)
 
     assert TestApp(AudioOnlyMiddleware(app)).get("/n?ali_audio_only=1").body == path.read_bytes()
+
+
+def test_warm_range_reads_only_the_bytes_of_the_range(video_heavy):
+    """With the plan cached, a ranged request reads its slice (plus a 16-byte sniff), not the moov."""
+    opened = []
+
+    def app(environ, start_response):
+        counting = CountingFile(video_heavy)
+        opened.append(counting)
+        start_response("200 OK", [("Content-Type", "video/mp4"), ("ETag", '"heavy"'),
+                                  ("Content-Length", str(video_heavy.stat().st_size))])
+        return environ["wsgi.file_wrapper"](counting, 8192)
+
+    client = TestApp(AudioOnlyMiddleware(app))
+    full = client.get("/v.mp4?ali_audio_only=1").body
+    start = len(full) - 3000
+    part = client.get("/v.mp4?ali_audio_only=1", headers={"Range": f"bytes={start}-"}, status=206)
+    assert part.body == full[start:]
+    assert opened[-1].bytes_read <= 3000 + 16
