@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 
 from audio_middleware.errors import (
     AudioExtractionError,
+    InvalidRequest,
     LimitExceeded,
     MalformedMedia,
     NoAudioTrack,
+    RangeNotSatisfiable,
     SourceTruncated,
     UnsupportedMedia,
 )
@@ -315,7 +317,8 @@ def test_enhanced_audio_fourcc():
     plan = plan_flv(index_source(data), Limits(), start=0.03)
     assert plan.info["audio_codec"] == "opus"
     out = render(plan, index_source(data))
-    assert [ts for _, ts, _ in parse(out)] == [0, 40]  # SequenceStart kept before start
+    # SequenceStart kept, then the frame that contains start (20 ms), then the rest
+    assert [ts for _, ts, _ in parse(out)] == [0, 20, 40]
 
 
 # -- AMF hardening -------------------------------------------------------------------------------
@@ -496,12 +499,13 @@ def test_seek_end_beyond_media_and_zero_start():
     assert len([1 for kind, _, _ in parse(lazy_out) if kind == AUDIO]) == 51
 
 
-@pytest.mark.parametrize("start, end", [(6.0, None), (0.01, 0.05), (3.0, 3.0), (5.0, 4.0)])
-def test_seek_without_audio_in_window(start, end):
+@pytest.mark.parametrize("start, end, error", [(6.0, None, RangeNotSatisfiable), (0.01, 0.05, RangeNotSatisfiable),
+                                               (3.0, 3.0, InvalidRequest), (5.0, 4.0, InvalidRequest)])
+def test_seek_without_audio_in_window(start, end, error):
     data = seek_file()
-    with pytest.raises(NoAudioTrack):
+    with pytest.raises(error):
         plan_flv(index_source(data), Limits(), start=start, end=end)
-    with pytest.raises(NoAudioTrack):
+    with pytest.raises(error):
         render(plan_flv(stream_source(data), Limits(), start=start, end=end), stream_source(data))
 
 
@@ -510,7 +514,7 @@ def test_seek_lazy_start_beyond_probe_raises_after_first_piece():
     source = stream_source(data)
     plan = plan_flv(source, Limits(flv_probe_bytes=1000), start=6.0)
     assert isinstance(next(plan.pieces), Literal)
-    with pytest.raises(NoAudioTrack):
+    with pytest.raises(RangeNotSatisfiable):
         render(LazyPlan(plan.pieces, plan.content_type), source)
 
 
@@ -650,8 +654,9 @@ def test_pyav_made_files(tmp_path, vcodec, acodec):
     check_against_pyav(data, lazy_out)
     # seeking with PyAV-written files: config kept, window respected
     clipped = both(data, start=0.5, end=1.0)[0]
-    stamps = [ts for kind, ts, _ in parse(clipped) if kind == AUDIO]
-    assert all(500 <= ts < 1000 for ts in stamps[1 if acodec == "aac" else 0:]) and stamps
+    stamps = [ts for kind, ts, _ in parse(clipped) if kind == AUDIO][1 if acodec == "aac" else 0:]
+    assert stamps and stamps[0] <= 500 < stamps[1]  # the frame that contains start comes first
+    assert all(500 < ts < 1000 for ts in stamps[1:])
 
 
 def make_flv(path: str, vcodec: str, acodec: str, seconds: float = 1.5) -> None:

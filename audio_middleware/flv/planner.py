@@ -42,15 +42,17 @@ Behaviours decided here (and tested):
   mode (raised by the generator when the source size is known, else by the
   caller when reading the span). A truncated video tag at the end only ends
   the walk: the audio output is complete.
-- Seeking (``start``/``end`` in seconds): audio tags with a timestamp in
-  ``[start, end)`` milliseconds are kept, timestamps unchanged, plus every
+- Seeking (``start``/``end`` in seconds): the audio frame that contains
+  ``start`` (the last one at or before it) and the tags with a timestamp in
+  ``(start, end)`` milliseconds are kept, timestamps unchanged, plus every
   decoder configuration tag (AAC AudioSpecificConfig, Enhanced-RTMP
   SequenceStart) whatever its time. The walk stops at the first audio tag at or
   past ``end`` (audio timestamps are taken as non-decreasing). Script tags are
   kept if they come before the first audio tag or fall inside the window.
   ``onMetaData.duration`` becomes ``min(end, duration) - start`` when the file
-  states a duration. No audio frame in the window (or ``end <= start``):
-  :class:`NoAudioTrack`. A NaN or infinite bound is a ``ValueError``.
+  states a duration. No audio frame in the window: :class:`RangeNotSatisfiable`
+  (416); ``end <= start``: :class:`InvalidRequest` (400). A NaN or infinite
+  bound is a ``ValueError`` (the middleware refuses those first).
 - ``filesize`` (any spelling, e.g. OBS's ``fileSize``) is the exact output
   length in index mode (added if absent, kept in place if present), removed
   in lazy mode, where it is unknown.
@@ -69,7 +71,16 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, SourceTruncated, UnsupportedMedia
+from ..errors import (
+    AudioExtractionError,
+    InvalidRequest,
+    LimitExceeded,
+    MalformedMedia,
+    NoAudioTrack,
+    RangeNotSatisfiable,
+    SourceTruncated,
+    UnsupportedMedia,
+)
 from ..limits import Limits
 from ..plan import LazyPlan, Literal, Piece, Plan, Span, coalesce
 from ..sources import Source, read_exact
@@ -130,7 +141,7 @@ class Window:
         start_ms = max(start, 0.0) * 1000.0 if start is not None else 0.0
         end_ms = end * 1000.0 if end is not None else math.inf
         if end_ms <= start_ms:
-            raise NoAudioTrack(f"empty time range: start={start} end={end}")
+            raise InvalidRequest(f"empty time range: start={start} end={end}")
         return cls(start, end, start_ms, end_ms)
 
     def clip_duration(self, duration: float) -> float:
@@ -284,9 +295,9 @@ def _audio_info(info: dict, peek: bytes) -> None:
     info["tracks"] = [{"type": "audio", "codec": codec}]
 
 
-def _no_audio(window: Window, seen_audio: bool) -> NoAudioTrack:
+def _no_audio(window: Window, seen_audio: bool) -> AudioExtractionError:
     if seen_audio and window.active:
-        return NoAudioTrack(f"no audio in the time range start={window.start} end={window.end}")
+        return RangeNotSatisfiable(f"no audio in the time range start={window.start} end={window.end}")
     return NoAudioTrack("FLV has no audio tags")
 
 
@@ -342,6 +353,7 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
     seen_audio = False
     frames = 0
     last_ts = None
+    before_start: tuple[int, int] | None = None  # the frame that contains ``start``
     while True:
         peek = read(pos, PEEK_SIZE)
         if len(peek) < TAG_HEADER_SIZE:
@@ -365,9 +377,13 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
             elif is_audio_config(peek, size):
                 out.copy(source, pos, size)
             elif ts >= start_ms:
+                if not frames and before_start is not None and ts > start_ms:
+                    out.copy(source, *before_start)
                 out.copy(source, pos, size)
                 frames += 1
                 last_ts = ts
+            else:
+                before_start = (pos, size)
         elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(window, seen_audio, _timestamp(stamp)):
             if size >= len(METADATA_PREFIX) and not kind & FILTER_BIT and _is_metadata(source, pos):
                 tag = _read_script(source, pos, size, limits)
@@ -426,6 +442,7 @@ class _Probe:
         self.budget = limits.max_script_size
         self.seen_audio = False
         self.found_frame = False
+        self.before_start: bytes | None = None
 
     def hold(self, data: bytes) -> None:
         self.budget -= len(data)
@@ -457,7 +474,11 @@ class _Probe:
             self.hold(_with_trailer(tag))
             return False
         if ts < window.start_ms:
+            # keep the frame that contains ``start``: it is the first one sent if the next starts later
+            self.before_start = read_exact(self.source, pos, TAG_OVERHEAD + size, f"the audio tag at byte {pos}")
             return False
+        if self.before_start is not None and ts > window.start_ms:
+            self.hold(self.before_start)
         self.held.extend(_copy(pos, size, self.source.size, SourceTruncated))
         self.found_frame = True
         return True
@@ -505,6 +526,7 @@ def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bo
     source_size = source.size
     windowed = window.active
     start_ms, end_ms = window.start_ms, window.end_ms
+    before_start: bytes | None = None  # the frame that contains ``start`` (when the probe stopped early)
     while True:
         peek = read(pos, PEEK_SIZE)
         if len(peek) < TAG_HEADER_SIZE:
@@ -520,8 +542,11 @@ def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bo
                 if ts >= end_ms:
                     break
                 if ts < start_ms and not is_audio_config(peek, size):
+                    before_start = read_exact(source, pos, TAG_OVERHEAD + size, f"the audio tag at byte {pos}")
                     pos += TAG_OVERHEAD + size
                     continue
+                if not frames and before_start is not None and ts > start_ms:
+                    yield Literal(before_start)
                 frames = frames or not is_audio_config(peek, size)
             if source_size is None or pos + TAG_OVERHEAD + size <= source_size:
                 yield Span(pos, TAG_OVERHEAD + size)

@@ -52,17 +52,17 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from itertools import accumulate, compress
-from operator import mul
+from itertools import accumulate, compress, pairwise, repeat
+from operator import mul, sub
 
 from ..errors import InvalidRequest, MalformedMedia, RangeNotSatisfiable, UnsupportedMedia
 from ..limits import Limits
 from ..plan import Plan
 from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, only_child, rebuild
 from .layout import Layout
-from .movie import Movie, _tref_edits, offsets_box, parse_movie
+from .movie import Movie, offsets_box, parse_movie, tref_edits
 from .progressive import plan_progressive
-from .tables import SampleSizes, _big_endian_array, _counted
+from .tables import SampleSizes, big_endian_array, counted_entries
 from .tracks import Track
 
 __all__ = ["clip_movie", "plan_clipped", "ClippedMovie"]
@@ -147,7 +147,7 @@ def clip_window(movie: Movie, kept: list[Track], start: float | None, end: float
         empty = round((cut.first - origin) * movie_scale)
         durations.append(empty + cut.segment)
         edits.update(_track_edits(data, cut, empty, limits))
-        edits.update(_tref_edits(data, cut.track.box, kept_ids))
+        edits.update(tref_edits(data, cut.track.box, kept_ids))
     mvhd = movie.mvhd
     edits[mvhd.offset] = _retime(data, mvhd, 1, max(durations))
     moov = rebuild(data, movie.moov, edits, max_depth=limits.max_box_depth)
@@ -296,7 +296,7 @@ def _read_edit(data: bytes, track: Track, scale: int, movie_scale: int, limits: 
         return _Edit(0, 0, None)
     version = full_box_version(data, elst)
     entry = ELST_V1 if version == 1 else ELST_V0
-    count, first = _counted(data, elst, 4, entry.size, limits.max_table_entries)
+    count, first = counted_entries(data, elst, 4, entry.size, limits.max_table_entries)
     empty = 0
     for duration, media_time, _rate in entry.iter_unpack(data[first:first + count * entry.size]):
         if media_time < 0:  # -1: an empty edit (other negative values are treated alike)
@@ -309,17 +309,17 @@ def _read_edit(data: bytes, track: Track, scale: int, movie_scale: int, limits: 
 
 def _runs(data: bytes, box: Box, head: int, limits: Limits) -> tuple[array, array]:
     """A table of (count, value) u32 pairs placed after ``head`` bytes (past version/flags)."""
-    count, first = _counted(data, box, 4 + head, 8, limits.max_table_entries)
-    pairs = _big_endian_array("I", data[first:first + count * 8])
+    count, first = counted_entries(data, box, 4 + head, 8, limits.max_table_entries)
+    pairs = big_endian_array("I", data[first:first + count * 8])
     return pairs[0::2], pairs[1::2]
 
 
 def _stsc(data: bytes, box: Box, limits: Limits) -> tuple[array, array, array]:
     """``stsc`` as three arrays: first_chunk (1-based), samples_per_chunk, sample_description_index."""
-    count, first = _counted(data, box, 4, 12, limits.max_table_entries)
-    table = _big_endian_array("I", data[first:first + count * 12])
+    count, first = counted_entries(data, box, 4, 12, limits.max_table_entries)
+    table = big_endian_array("I", data[first:first + count * 12])
     firsts = table[0::3]
-    if not all(a < b for a, b in zip(firsts, firsts[1:])):
+    if not all(a < b for a, b in pairwise(firsts)):
         raise MalformedMedia("stsc first_chunk values do not increase")
     return firsts, table[1::3], table[2::3]
 
@@ -344,9 +344,9 @@ def _sync_at_or_before(data: bytes, stss: Box, sample: int, limits: Limits) -> i
 
 
 def _sync_samples(data: bytes, stss: Box, limits: Limits) -> array:
-    count, first = _counted(data, stss, 4, 4, limits.max_table_entries)
-    sync = _big_endian_array("I", data[first:first + count * 4])
-    if not all(a < b for a, b in zip(sync, sync[1:])):
+    count, first = counted_entries(data, stss, 4, 4, limits.max_table_entries)
+    sync = big_endian_array("I", data[first:first + count * 4])
+    if not all(a < b for a, b in pairwise(sync)):
         sync = array("I", sorted(set(sync)))
     return sync
 
@@ -481,59 +481,57 @@ def _stsz(sizes: SampleSizes, lo: int, hi: int) -> bytes:
 
 
 def _chunks(cut: _Cut) -> tuple[bytes, bytes]:
-    """New ``stsc`` and ``stco``/``co64`` for samples ``[lo, hi)``: partial end chunks shrink."""
+    """New ``stsc`` and ``stco``/``co64`` for samples ``[lo, hi)``: partial end chunks shrink.
+
+    The stsc entries covering the kept chunks are sliced as arrays and renumbered;
+    the first and last kept chunks get an entry of their own when they lose samples.
+    """
     track, lo, hi = cut.track, cut.first_sample, cut.end_sample
     firsts, per_chunk, descriptions = cut.stsc
     chunk_first = track.chunk_first_sample
     chunks = len(chunk_first)
     first = bisect_right(chunk_first, lo) - 1
     last = bisect_right(chunk_first, hi - 1) - 1
-    # runs of chunks as [chunk count, samples per chunk, sample description index]
-    runs: list[list[int]] = []
-    for entry in range(bisect_right(firsts, first + 1) - 1, bisect_right(firsts, last + 1)):
-        begin = max(firsts[entry], first + 1)
-        stop = min(firsts[entry + 1] - 1 if entry + 1 < len(firsts) else last + 1, last + 1)
-        if stop >= begin:
-            runs.append([stop - begin + 1, per_chunk[entry], descriptions[entry]])
+    kept_chunks = last - first + 1
+    e0 = bisect_right(firsts, first + 1) - 1
+    e1 = bisect_right(firsts, last + 1) - 1
+    # 1-based chunk numbers within the kept chunks; the first entry starts at the first kept chunk
+    starts = array("I", [1]) + array("I", map(sub, firsts[e0 + 1:e1 + 1], repeat(first)))
+    pers = per_chunk[e0:e1 + 1]
+    descs = descriptions[e0:e1 + 1]
     end_of_first = chunk_first[first + 1] if first + 1 < chunks else _covered_samples(track, cut.stsc)
-    _set_edge(runs, 0, min(hi, end_of_first) - lo)
-    if last > first:
-        _set_edge(runs, -1, hi - chunk_first[last])
-    merged: list[list[int]] = []
-    for run in runs:
-        if merged and merged[-1][1:] == run[1:]:
-            merged[-1][0] += run[0]
+    head = min(hi, end_of_first) - lo
+    if pers[0] != head:
+        if (starts[1] if len(starts) > 1 else kept_chunks + 1) == 2:  # the entry holds just this chunk
+            pers[0] = head
         else:
-            merged.append(run)
-    if sum(count * per for count, per, _ in merged) != hi - lo or sum(run[0] for run in merged) != last - first + 1:
+            starts[0] = 2
+            starts.insert(0, 1)
+            pers.insert(0, head)
+            descs.insert(0, descs[0])
+    if last > first and pers[-1] != hi - chunk_first[last]:
+        if starts[-1] == kept_chunks:
+            pers[-1] = hi - chunk_first[last]
+        else:
+            starts.append(kept_chunks)
+            pers.append(hi - chunk_first[last])
+            descs.append(descs[-1])
+    for at in (1, -1):  # an edge entry may now repeat its neighbour
+        if len(starts) > 1 and pers[at] == pers[at - 1] and descs[at] == descs[at - 1]:
+            del starts[at], pers[at], descs[at]
+    lengths = map(sub, starts[1:] + array("I", [kept_chunks + 1]), starts)
+    if sum(map(mul, lengths, pers)) != hi - lo:
         raise MalformedMedia(f"stsc of track {track.track_id} does not match its chunks")
-    starts = accumulate((run[0] for run in merged[:-1]), initial=1)
-    stsc = build_box(b"stsc", b"\0\0\0\0", U32.pack(len(merged)),
-                     b"".join(struct.pack(">III", at, per, desc) for at, (_, per, desc) in zip(starts, merged)))
+    table = array("I", bytes(12 * len(starts)))
+    table[0::3], table[1::3], table[2::3] = starts, pers, descs
+    stsc = build_box(b"stsc", b"\0\0\0\0", U32.pack(len(starts)), _be_bytes(table))
     offsets = array("Q", track.chunk_offsets[first:last + 1])
     sizes = cut.sizes
-    skipped = lo - chunk_first[first]
     if sizes.sizes is None:
-        offsets[0] += skipped * sizes.constant
+        offsets[0] += (lo - chunk_first[first]) * sizes.constant
     else:
         offsets[0] += sum(sizes.sizes[chunk_first[first]:lo])
     return stsc, offsets_box(offsets, max(offsets) > MAX_U32)
-
-
-def _set_edge(runs: list[list[int]], at: int, samples: int) -> None:
-    """Give the first (at=0) or last (at=-1) chunk its own sample count."""
-    run = runs[at]
-    if run[1] == samples:
-        return
-    if run[0] == 1:
-        run[1] = samples
-        return
-    run[0] -= 1
-    single = [1, samples, run[2]]
-    if at == 0:
-        runs.insert(0, single)
-    else:
-        runs.append(single)
 
 
 def _sbgp(data: bytes, box: Box, lo: int, hi: int, limits: Limits) -> bytes:
@@ -560,7 +558,8 @@ def _per_sample_bytes(data: bytes, box: Box, width: int, lo: int, hi: int) -> by
     first = box.payload_offset + 4
     available = (box.end - first) // width
     lo, hi = min(lo, available), min(hi, available)
-    return build_box(box.type, bytes(data[box.payload_offset:first]), bytes(data[first + lo * width:first + hi * width]))
+    return build_box(box.type, bytes(data[box.payload_offset:first]),
+                     bytes(data[first + lo * width:first + hi * width]))
 
 
 def _csgp(data: bytes, box: Box, lo: int, hi: int, limits: Limits) -> bytes:
@@ -575,7 +574,7 @@ def _csgp(data: bytes, box: Box, lo: int, hi: int, limits: Limits) -> bytes:
     at = box.payload_offset
     flags = U32.unpack_from(data, at)[0] & 0xFFFFFF
     head = 8 + (4 if flags & 0x40 else 0)
-    pattern_count, digits_at = _counted(data, box, head, 0, limits.max_table_entries)
+    pattern_count, digits_at = counted_entries(data, box, head, 0, limits.max_table_entries)
     width = [1 << ((flags >> shift) & 3) for shift in (4, 2, 0)]  # hex digits per field: 1, 2, 4 or 8
     digits = bytes(data[digits_at:box.end]).hex()
     pair = width[0] + width[1]

@@ -122,7 +122,7 @@ def rewrite_movie(movie: Movie, kept: list[Track], new_offsets: dict[int, array 
             continue
         if track.offsets_box is not None and track.track_id in new_offsets:
             edits[track.offsets_box.offset] = offsets_box(new_offsets[track.track_id], wide)
-        edits.update(_tref_edits(data, track.box, kept_ids))
+        edits.update(tref_edits(data, track.box, kept_ids))
     if movie.mvex is not None:
         for child in iter_children(data, movie.mvex.payload_offset, movie.mvex.end):
             if child.type == b"trex" and child.payload_size >= 8:
@@ -132,7 +132,7 @@ def rewrite_movie(movie: Movie, kept: list[Track], new_offsets: dict[int, array 
     return rebuild(data, movie.moov, edits, max_depth=limits.max_box_depth)
 
 
-def _tref_edits(data: bytes, trak: Box, kept_ids: set[int]) -> dict[int, bytes | None]:
+def tref_edits(data: bytes, trak: Box, kept_ids: set[int]) -> dict[int, bytes | None]:
     """Drop references to removed tracks (e.g. an audio track's 'chap' to a text track)."""
     edits: dict[int, bytes | None] = {}
     for child in iter_children(data, trak.payload_offset, trak.end):

@@ -21,7 +21,7 @@ STSC_ENTRY = struct.Struct(">III")
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 
-def _big_endian_array(code: str, raw: bytes | memoryview) -> array:
+def big_endian_array(code: str, raw: bytes | memoryview) -> array:
     values = array(code)
     values.frombytes(raw)
     if LITTLE_ENDIAN:
@@ -29,7 +29,8 @@ def _big_endian_array(code: str, raw: bytes | memoryview) -> array:
     return values
 
 
-def _counted(data: bytes | memoryview, box: Box, head: int, entry_size: float, max_entries: int) -> tuple[int, int]:
+def counted_entries(data: bytes | memoryview, box: Box, head: int, entry_size: float,
+                    max_entries: int) -> tuple[int, int]:
     """Read an entry count placed after ``head`` payload bytes and check it fits the box.
 
     Returns (count, offset of the first entry).
@@ -50,13 +51,13 @@ def _counted(data: bytes | memoryview, box: Box, head: int, entry_size: float, m
 def chunk_offsets(data: bytes | memoryview, box: Box, max_entries: int) -> array:
     """Chunk offsets from ``stco`` (32-bit) or ``co64`` (64-bit)."""
     width = 8 if box.type == b"co64" else 4
-    count, first = _counted(data, box, 4, width, max_entries)
-    return _big_endian_array("Q" if width == 8 else "I", data[first:first + count * width])
+    count, first = counted_entries(data, box, 4, width, max_entries)
+    return big_endian_array("Q" if width == 8 else "I", data[first:first + count * width])
 
 
 def sample_to_chunk(data: bytes | memoryview, box: Box, max_entries: int) -> list[tuple[int, int]]:
     """``stsc`` as (first_chunk, samples_per_chunk); first_chunk starts at 1 and strictly increases."""
-    count, first = _counted(data, box, 4, 12, max_entries)
+    count, first = counted_entries(data, box, 4, 12, max_entries)
     entries: list[tuple[int, int]] = []
     previous = 0
     for first_chunk, per_chunk, _description in STSC_ENTRY.iter_unpack(data[first:first + count * 12]):
@@ -81,8 +82,8 @@ class SampleSizes:
                 raise LimitExceeded(f"stsz has {count} samples, more than the limit of {max_entries}")
             self.count = count
             if self.constant == 0:
-                count, first = _counted(data, box, 8, 4, max_entries)
-                self.sizes = _big_endian_array("I", data[first:first + count * 4])
+                count, first = counted_entries(data, box, 8, 4, max_entries)
+                self.sizes = big_endian_array("I", data[first:first + count * 4])
             return
         # stz2: reserved (3 bytes), field_size (1 byte), sample_count, packed entries
         if box.payload_size < 12:
@@ -90,11 +91,11 @@ class SampleSizes:
         field_size = data[box.payload_offset + 7]
         if field_size not in (4, 8, 16):
             raise MalformedMedia(f"stz2 field size {field_size} is not 4, 8 or 16")
-        count, first = _counted(data, box, 8, field_size / 8, max_entries)
+        count, first = counted_entries(data, box, 8, field_size / 8, max_entries)
         self.count = count
         if field_size == 16:
-            self.sizes = _big_endian_array("I", b"")
-            self.sizes.extend(_big_endian_array("H", data[first:first + count * 2]))
+            self.sizes = big_endian_array("I", b"")
+            self.sizes.extend(big_endian_array("H", data[first:first + count * 2]))
         elif field_size == 8:
             self.sizes = array("I", bytes(data[first:first + count]))
         else:

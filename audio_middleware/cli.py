@@ -1,0 +1,336 @@
+"""``audio-extract``: the audio of an MP4-family or FLV file, from the command line.
+
+::
+
+    audio-extract talk.mp4                  # -> talk.m4a (same container, audio only)
+    audio-extract talk.mp4 --format mp3     # -> talk.mp3 (stream copy or transcode)
+    audio-extract talk.mp4 --info --json    # the audio tracks, for scripts
+
+It is a thin front end over the same engine as the middleware: the default
+output is the middleware's audio-only rendition (one :func:`plan_source` plan
+written to a file); ``--format aac``/``mp3`` write raw frames through
+:mod:`audio_middleware.elementary`. Exit codes follow the error classes:
+0 done, 2 usage (bad arguments, unreadable input, unwritable output),
+3 unsupported media or no audio, 4 malformed input or a safety limit hit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, TextIO
+
+from . import __version__
+from .elementary import FORMATS, describe, sniff, write_audio
+from .emit import iter_plan_bytes
+from .errors import AudioExtractionError, NoAudioTrack
+from .extract import Selection, plan_source
+from .limits import Limits
+from .sniff import Container
+from .sources import FileSource
+
+PROG = "audio-extract"
+EXIT_OK, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_MALFORMED = 0, 2, 3, 4
+#: What each error class is called in messages.
+LABELS = {"NoAudioTrack": "no audio", "UnsupportedMedia": "unsupported", "TranscodeUnavailable": "unsupported",
+          "NeedsTranscode": "unsupported", "MalformedMedia": "malformed input", "SourceTruncated": "malformed input",
+          "LimitExceeded": "limit exceeded", "InvalidRequest": "invalid request"}
+TRACK = re.compile(r"^(?:[1-9][0-9]{0,5}|[A-Za-z]{3})$")
+#: File extensions that pick an output format when ``--format`` is left at auto.
+EXTENSION_FORMATS = {".aac": "aac", ".adts": "aac", ".mp3": "mp3"}
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream.
+
+    It stays silent for the first ``delay`` seconds so that short files print
+    nothing, redraws at most every ``interval`` seconds, and always ends its
+    line when it has drawn anything.
+    """
+
+    def __init__(self, stream: TextIO, label: str, *, delay: float = 0.5, interval: float = 0.1,
+                 width: int = 30, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.label = label
+        self.delay = delay
+        self.interval = interval
+        self.width = width
+        self.clock = clock
+        self.started = clock()
+        self.drawn_at: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if now - self.started < self.delay:
+            return
+        if self.drawn_at is not None and now - self.drawn_at < self.interval:
+            return
+        self._draw(done, total)
+        self.drawn_at = now
+
+    def _draw(self, done: int, total: int) -> None:
+        fraction = min(1.0, done / total) if total > 0 else 0.0
+        filled = int(fraction * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:3.0f}% {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+        self.stream.flush()
+
+    def finish(self, total: int) -> None:
+        if self.drawn_at is not None:
+            self._draw(total, total)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _track(value: str) -> str:
+    if not TRACK.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a 1-based track number nor an ISO-639-2 code")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Write the audio of an MP4-family (MP4, MOV, M4A, 3GP) or FLV file.",
+        epilog="exit codes: 0 done, 2 usage, 3 unsupported media or no audio, 4 malformed input")
+    parser.add_argument("input", metavar="INPUT", help="the media file to read")
+    parser.add_argument("-o", "--output", metavar="OUTPUT",
+                        help="where to write (default: INPUT with .m4a, .flv, .aac or .mp3; '-' = stdout)")
+    parser.add_argument("-f", "--format", choices=("auto", "aac", "mp3"), default="auto",
+                        help="auto: the same container with only the audio (.m4a for MP4 family, .flv for FLV); "
+                             "aac: raw AAC with ADTS headers; mp3: MP3 (stream copy when the audio is MP3, "
+                             "else transcoded with PyAV)")
+    parser.add_argument("-t", "--track", type=_track,
+                        help="audio track: 1-based number among the audio tracks, or ISO-639-2 language (eng)")
+    parser.add_argument("--info", action="store_true", help="list the audio tracks instead of extracting")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("-y", "--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--no-transcode", action="store_true",
+                        help="fail (exit 3) rather than transcode when the audio is not already in --format")
+    parser.add_argument("--no-progress", action="store_true", help="never draw the progress bar")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse: usage errors (2), --help and --version (0)
+        return int(stop.code or 0)
+    try:
+        return _run(args)
+    except _UsageError as error:
+        _complain(args, EXIT_USAGE, "usage", str(error))
+        return EXIT_USAGE
+    except AudioExtractionError as error:
+        code = error.exit_code if error.exit_code in (EXIT_USAGE, EXIT_UNSUPPORTED) else EXIT_MALFORMED
+        _complain(args, code, LABELS.get(type(error).__name__, "error"), str(error))
+        return code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+class _UsageError(Exception):
+    """Bad combination of arguments, unreadable input or unwritable output (exit 2)."""
+
+
+def _complain(args: argparse.Namespace, code: int, label: str, message: str) -> None:
+    sys.stderr.write(f"{PROG}: {label}: {message}\n")
+    if args.json:
+        print(json.dumps({"error": {"exit_code": code, "kind": label, "message": message}}))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.input):
+        raise _UsageError(f"cannot read {args.input!r}: no such file")
+    try:
+        handle = open(args.input, "rb")
+    except OSError as error:
+        raise _UsageError(f"cannot read {args.input!r}: {error.strerror}") from None
+    with handle:
+        container = sniff(FileSource(handle))
+    if args.info:
+        return _info(args)
+    fmt = args.format
+    if fmt == "auto" and args.output:
+        fmt = EXTENSION_FORMATS.get(os.path.splitext(args.output)[1].lower(), "auto")
+    if container is Container.FLV and args.track not in (None, "1"):
+        raise NoAudioTrack(f"an FLV file has a single audio stream; there is no track {args.track!r}")
+    output = args.output or default_output(args.input, container, fmt)
+    if output == "-":
+        return _to_stdout(args, fmt)
+    _check_output(args, output)
+    summary = _to_file(args, fmt, output)
+    _report(args, summary)
+    return EXIT_OK
+
+
+def default_output(path: str, container: Container, fmt: str) -> str:
+    """INPUT with the extension of the output format; never INPUT itself."""
+    extension = FORMATS[fmt][2] if fmt in FORMATS else ".flv" if container is Container.FLV else ".m4a"
+    stem = os.path.splitext(path)[0]
+    candidate = stem + extension
+    if os.path.abspath(candidate) == os.path.abspath(path):
+        candidate = f"{stem}.audio{extension}"
+    return candidate
+
+
+def _check_output(args: argparse.Namespace, output: str) -> None:
+    if os.path.isdir(output):
+        raise _UsageError(f"{output!r} is a directory")
+    if os.path.exists(output):
+        if os.path.samefile(output, args.input):
+            raise _UsageError("OUTPUT is the input file")
+        if not args.overwrite:
+            raise _UsageError(f"{output!r} exists (use --overwrite to replace it)")
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise _UsageError(f"cannot write {output!r}: directory {directory!r} does not exist")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _progress(args: argparse.Namespace, label: str) -> ProgressBar | None:
+    if args.quiet or args.no_progress or not sys.stderr.isatty():
+        return None
+    return ProgressBar(sys.stderr, label)
+
+
+def _extract(args: argparse.Namespace, fmt: str, out: IO[bytes], bar: ProgressBar | None) -> dict:
+    limits = Limits()
+    if fmt in FORMATS:
+        return write_audio(args.input, out, fmt, track=args.track, limits=limits, progress=bar,
+                           allow_transcode=not args.no_transcode)
+    return write_rendition(args.input, out, track=args.track, limits=limits, progress=bar)
+
+
+def _to_file(args: argparse.Namespace, fmt: str, output: str) -> dict:
+    """Write through a temporary file beside OUTPUT, renamed into place only when complete."""
+    directory = os.path.dirname(os.path.abspath(output))
+    fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".part", dir=directory)
+    bar = _progress(args, os.path.basename(output))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            summary = _extract(args, fmt, out, bar)
+        os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(partial, output)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    finally:
+        if bar is not None:
+            bar.finish(os.path.getsize(args.input))
+    summary["output"] = output
+    return summary
+
+
+def _to_stdout(args: argparse.Namespace, fmt: str) -> int:
+    if args.json:
+        raise _UsageError("--json prints a summary on stdout; it cannot be combined with -o -")
+    if sys.stdout.isatty():
+        raise _UsageError("refusing to write binary audio to a terminal (redirect stdout or use -o FILE)")
+    stdout = sys.stdout.buffer
+    bar = _progress(args, "stdout")
+    try:
+        summary = _extract(args, fmt, stdout, bar)
+    finally:
+        if bar is not None:
+            bar.finish(os.path.getsize(args.input))
+    stdout.flush()
+    summary["output"] = "-"
+    _report(args, summary)
+    return EXIT_OK
+
+
+def write_rendition(path: str, out: IO[bytes], *, track: str | None = None, limits: Limits | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write the middleware's audio-only rendition of the file at ``path`` (same container) to ``out``."""
+    limits = limits or Limits()
+    with open(path, "rb") as handle:
+        source = FileSource(handle)
+        container = sniff(source)
+        plan = plan_source(container, source, limits, Selection(track=track))
+        total = plan.length or 0
+        written = 0
+        for block in iter_plan_bytes(plan.pieces, source):
+            out.write(block)
+            written += len(block)
+            if progress is not None:
+                progress(written, total)
+    info = plan.info
+    return {"format": "flv" if container is Container.FLV else "m4a", "method": "copy",
+            "content_type": plan.content_type, "size": written, "duration": info.get("duration") or None,
+            "tracks": len(info.get("tracks") or ())}
+
+
+def _report(args: argparse.Namespace, summary: dict) -> None:
+    summary = {"input": args.input, **summary}
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        duration = summary.get("duration")
+        took = f", {duration:.2f} s" if duration else ""
+        sys.stderr.write(f"{summary['output']}: {summary['format']} ({summary['method']}), "
+                         f"{summary['size']} bytes{took}\n")
+
+
+# -- --info --------------------------------------------------------------------------------------
+
+COLUMNS = (("#", "index"), ("id", "track_id"), ("codec", "codec"), ("lang", "language"), ("duration", "duration"),
+           ("samples", "samples"), ("rate", "sample_rate"), ("ch", "channels"))
+
+
+def _info(args: argparse.Namespace) -> int:
+    with open(args.input, "rb") as handle:
+        facts = describe(FileSource(handle))
+    tracks = facts["tracks"]
+    if args.json:
+        print(json.dumps({"input": args.input, **facts}))
+    else:
+        print(format_info(args.input, facts))
+    if not tracks:
+        sys.stderr.write(f"{PROG}: no audio: {args.input} has no audio track\n")
+        return EXIT_UNSUPPORTED
+    return EXIT_OK
+
+
+def format_info(name: str, facts: dict) -> str:
+    """The human-readable track table of ``--info``."""
+    kind = facts["container"].upper()
+    if facts.get("brand"):
+        kind += f" (brand {facts['brand']}{', fragmented' if facts.get('fragmented') else ''})"
+    count = len(facts["tracks"])
+    lines = [f"{name}: {kind}, {count} audio track{'s' if count != 1 else ''}"]
+    if not count:
+        return lines[0]
+    rows = [[title for title, _ in COLUMNS]]
+    for track in facts["tracks"]:
+        row = []
+        for _, key in COLUMNS:
+            value = track.get(key)
+            row.append("-" if value is None else f"{value:.3f} s" if key == "duration" else str(value))
+        rows.append(row)
+    widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
+    numeric = {"index", "track_id", "duration", "samples", "sample_rate", "channels"}
+    for row in rows:
+        cells = [cell.rjust(width) if key in numeric else cell.ljust(width)
+                 for cell, width, (_, key) in zip(row, widths, COLUMNS, strict=True)]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+__all__ = ["ProgressBar", "build_parser", "default_output", "format_info", "main", "write_rendition"]
