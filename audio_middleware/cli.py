@@ -82,10 +82,17 @@ class ProgressBar:
         self.stream.flush()
 
     def finish(self, total: int) -> None:
+        """The work is done: show 100% and end the line (if anything was drawn)."""
         if self.drawn_at is not None:
             self._draw(total, total)
+            self.abort()
+
+    def abort(self) -> None:
+        """The work failed: end the line so that the error message starts on its own."""
+        if self.drawn_at is not None:
             self.stream.write("\n")
             self.stream.flush()
+            self.drawn_at = None
 
 
 def _track(value: str) -> str:
@@ -166,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     if container is Container.FLV and args.track not in (None, "1"):
         raise NoAudioTrack(f"an FLV file has a single audio stream; there is no track {args.track!r}")
     output = args.output or default_output(args.input, container, fmt)
+    _check_extension(container, fmt, output)
     if output == "-":
         return _to_stdout(args, fmt)
     _check_output(args, output)
@@ -182,6 +190,20 @@ def default_output(path: str, container: Container, fmt: str) -> str:
     if os.path.abspath(candidate) == os.path.abspath(path):
         candidate = f"{stem}.audio{extension}"
     return candidate
+
+
+#: Extensions that would lie about the container of an ``auto`` rendition.
+MP4_EXTENSIONS = frozenset({".m4a", ".mp4", ".m4v", ".mov", ".3gp", ".3g2", ".m4b", ".f4v", ".f4a"})
+
+
+def _check_extension(container: Container, fmt: str, output: str) -> None:
+    if fmt != "auto" or output == "-":
+        return
+    extension = os.path.splitext(output)[1].lower()
+    if (container is Container.FLV and extension in MP4_EXTENSIONS) or (
+            container is Container.MP4 and extension == ".flv"):
+        raise _UsageError(f"the audio-only rendition of this {container.value.upper()} file is "
+                          f"{container.value.upper()}, not {extension} (use --format aac or mp3 for raw audio)")
 
 
 def _check_output(args: argparse.Namespace, output: str) -> None:
@@ -228,12 +250,13 @@ def _to_file(args: argparse.Namespace, fmt: str, output: str) -> dict:
         os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(partial, output)
     except BaseException:
+        if bar is not None:
+            bar.abort()
         if os.path.exists(partial):
             os.unlink(partial)
         raise
-    finally:
-        if bar is not None:
-            bar.finish(os.path.getsize(args.input))
+    if bar is not None:
+        bar.finish(os.path.getsize(args.input))
     summary["output"] = output
     return summary
 
@@ -247,9 +270,12 @@ def _to_stdout(args: argparse.Namespace, fmt: str) -> int:
     bar = _progress(args, "stdout")
     try:
         summary = _extract(args, fmt, stdout, bar)
-    finally:
+    except BaseException:
         if bar is not None:
-            bar.finish(os.path.getsize(args.input))
+            bar.abort()
+        raise
+    if bar is not None:
+        bar.finish(os.path.getsize(args.input))
     stdout.flush()
     summary["output"] = "-"
     _report(args, summary)

@@ -35,7 +35,7 @@ from .flv.tags import FILTER_BIT, PEEK_SIZE, TAG_AUDIO, TAG_HEAD, TAG_HEADER_SIZ
 from .flv.tags import parse_file_header as parse_flv_header
 from .limits import Limits
 from .mp4.boxes import Box, full_box_version, iter_children, only_child, parse_header
-from .mp4.fragments import DEFAULT_BASE_IS_MOOF, SAMPLE_DURATION, SAMPLE_SIZE, _trun_layout
+from .mp4.fragments import DEFAULT_BASE_IS_MOOF, SAMPLE_DURATION, SAMPLE_SIZE, trun_layout
 from .mp4.layout import find_moov, read_top_header
 from .mp4.movie import Movie, parse_movie, select_audio
 from .mp4.tables import SampleSizes, sample_to_chunk
@@ -180,7 +180,7 @@ def mpeg_audio_frame(header: bytes) -> tuple[int, int, int, int] | None:
 # -- the stream model ----------------------------------------------------------------------------
 
 #: One frame: source offset, size, its AAC config (None for other codecs), duration in seconds.
-Frame = tuple[int, int, "AacConfig | None", float]
+Frame = tuple[int, int, AacConfig | None, float]
 
 
 @dataclass
@@ -357,8 +357,9 @@ def sample_entry(data: bytes, track: Track) -> EntryInfo:
     extra = {1: 16, 2: 36}.get(version, 0)
     if entry.payload_size < 28 + extra:
         raise MalformedMedia(f"QuickTime sound description v{version} is too short")
-    if version == 2:
-        rate = int(F64.unpack_from(data, at + 32)[0]) if 0 < F64.unpack_from(data, at + 32)[0] < 1e7 else 0
+    if version == 2:  # the rate is a float64 here; anything absurd is reported as 0 (unknown)
+        exact = F64.unpack_from(data, at + 32)[0]
+        rate = int(exact) if 0 < exact < 1e7 else 0
         channels = U32.unpack_from(data, at + 40)[0]
     info = EntryInfo(ENTRY_CODECS.get(entry.type, entry.name.strip() or "unknown"), rate, channels)
     if entry.type in (b"mp4a", b"enca"):
@@ -442,7 +443,7 @@ def _moof_samples(data: bytes, moof_offset: int, wanted: int, defaults: dict[int
         for trun in iter_children(data, traf.payload_offset, traf.end):
             if trun.type != b"trun":
                 continue
-            run_flags, count, data_offset, first, width = _trun_layout(data, trun, limits.max_table_entries)
+            run_flags, count, data_offset, first, width = trun_layout(data, trun, limits.max_table_entries)
             if data_offset is not None:
                 position = base + data_offset
             step = width // 4
@@ -648,9 +649,9 @@ def _flv_stream(source: Source, limits: Limits, selector: str | None) -> AudioSt
     return AudioStream(codec, 0, rate, channels, config, frames)
 
 
-def _flv_description(source: Source) -> dict:
+def _flv_description(source: Source, limits: Limits) -> dict:
     try:
-        stream = _flv_stream(source, Limits(), None)
+        stream = _flv_stream(source, limits, None)
     except NoAudioTrack:
         return {"container": "flv", "duration": 0.0, "tracks": []}
     samples, duration = 0, 0.0
@@ -677,7 +678,7 @@ def describe(source: Source, limits: Limits | None = None) -> dict:
     """Container facts and every audio track (codec, language, duration, samples, rate, channels)."""
     limits = limits or Limits()
     if sniff(source) is Container.FLV:
-        return _flv_description(source)
+        return _flv_description(source, limits)
     return _mp4_description(source, limits)
 
 

@@ -455,7 +455,7 @@ def to_largesize_co64(src: pathlib.Path, dst: pathlib.Path) -> None:
         pos += size
 
     def offset_map(off: int) -> int:
-        for b, new_off, new_size in zip(boxes, new_offsets, new_sizes):
+        for b, new_off, _new_size in zip(boxes, new_offsets, new_sizes):
             if b.offset <= off < b.end:
                 if b.type == "mdat":
                     if off < b.payload_offset:

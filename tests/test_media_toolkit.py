@@ -49,7 +49,7 @@ def test_kind_created_with_expected_streams(kind, paths):
     assert types.count("audio") == info.n_audio
     assert len(types) == info.n_video + info.n_audio
     audio = [s for s in streams if s.type == "audio"]
-    for s, spec in zip(audio, info.audio):
+    for s, _spec in zip(audio, info.audio):
         pkts = s.packets
         assert len(pkts) > 50
         assert pkts[0][1] == 0, "audio must start at pts 0"

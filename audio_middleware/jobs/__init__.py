@@ -53,7 +53,10 @@ def create_app(data_dir: str | os.PathLike, tokens: Mapping[str, str],
     their project's (a mapping project -> list). ``workers`` threads extract
     (0: this process only serves the API). ``base_url`` (the public URL the
     app is mounted at) lets callbacks carry the download URL of the audio.
-    Call ``app.close()`` to stop.
+    ``start=False`` defers the threads to the first request the app serves
+    (or an explicit ``app.start()``): use it when the app is built in a parent
+    process that forks its servers (``gunicorn --preload``). Call
+    ``app.close()`` to stop.
     """
     if not tokens:
         raise ValueError("at least one token is needed")

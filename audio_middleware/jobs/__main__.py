@@ -26,7 +26,7 @@ from ..errors import AudioExtractionError
 from ..sniff import Container
 from ..sources import FileSource
 from . import create_app
-from .store import Store, check_project
+from .store import Store, check_name, check_project
 
 CONTENT_TYPES = {Container.MP4: "video/mp4", Container.FLV: "video/x-flv"}
 
@@ -75,6 +75,7 @@ def _import(argv: Sequence[str]) -> int:
     args = import_parser().parse_args(argv)
     try:
         check_project(args.project)
+        check_name(args.name or os.path.basename(args.file))
         with open(args.file, "rb") as handle:
             container = sniff(FileSource(handle))
     except (OSError, ValueError) as error:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
@@ -38,7 +39,11 @@ from werkzeug.wrappers import Request, Response
 from ..sniff import Container, by_signature
 from . import errors
 from .errors import ApiError
-from .store import OUTPUTS, SUCCEEDED, Store, task_json
+from .store import OUTPUTS, SUCCEEDED, Store, check_name, task_json
+
+if TYPE_CHECKING:
+    from .events import Dispatcher
+    from .worker import WorkerPool
 
 log = logging.getLogger("audio_middleware.jobs")
 
@@ -53,7 +58,6 @@ URLS = Map([
 
 MAX_JSON = 64 * 1024
 MAX_ID = 128
-MAX_NAME = 255
 MAX_WAIT = 30.0
 BLOCK = 1024 * 1024
 CONTENT_TYPES = {Container.MP4: "video/mp4", Container.FLV: "video/x-flv"}
@@ -70,8 +74,8 @@ def _error(error: ApiError) -> Response:
 class JobApp:
     """WSGI callable serving the routes above; owns the worker pool and the callback dispatcher."""
 
-    def __init__(self, store: Store, tokens: Mapping[str, str], *, pool: object = None, dispatcher: object = None,
-                 max_upload: int = 8 * 1024**3) -> None:
+    def __init__(self, store: Store, tokens: Mapping[str, str], *, pool: WorkerPool | None = None,
+                 dispatcher: Dispatcher | None = None, max_upload: int = 8 * 1024**3) -> None:
         self.store = store
         self.tokens = dict(tokens)
         self.pool = pool
@@ -79,20 +83,34 @@ class JobApp:
         self.max_upload = max_upload
         #: The HMAC key of callbacks (set by :func:`create_app`).
         self.callback_secret: bytes | None = None
+        #: Start the threads on the first request of a process that has none (lazy start, forks).
+        self.autostart = True
         self._event_signal = threading.Condition()
         self._started_pid: int | None = None
+        self._start_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers and the callback dispatcher (again after a fork)."""
-        self._started_pid = os.getpid()
-        for part in (self.pool, self.dispatcher):
-            if part is not None:
-                part.start()
+        """Start the workers and the callback dispatcher in this process.
+
+        After a fork the parent's threads do not exist in the child: their
+        state is dropped and new threads are started.
+        """
+        with self._start_lock:
+            if self._started_pid == os.getpid():
+                return
+            forked = self._started_pid is not None
+            self._started_pid = os.getpid()
+            for part in (self.pool, self.dispatcher):
+                if part is not None:
+                    if forked:
+                        part.forked()
+                    part.start()
 
     def close(self) -> None:
         """Stop the workers (running tasks go back to the queue) and the dispatcher."""
+        self.autostart = False
         for part in (self.pool, self.dispatcher):
             if part is not None:
                 part.stop()
@@ -114,11 +132,8 @@ class JobApp:
     # -- WSGI --------------------------------------------------------------------------------------
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if self._started_pid is not None and self._started_pid != os.getpid():
-            for part in (self.pool, self.dispatcher):  # forked after start (gunicorn --preload):
-                if part is not None:                    # threads do not survive a fork
-                    part.forked()
-            self.start()
+        if self.autostart and self._started_pid != os.getpid():
+            self.start()  # first request of a lazily started app, or of a process forked after start
         request = Request(environ)
         adapter = URLS.bind_to_environ(environ)
         try:
@@ -220,7 +235,8 @@ class JobApp:
     def _create_task(self, request: Request, adapter: MapAdapter, project_id: str) -> Response:
         body = self._body(request)
         asset_id = self._asset_id(body.get("asset_id"))
-        parameter = body.get("parameter") or {}
+        parameter = body.get("parameter")
+        parameter = {} if parameter is None else parameter
         if not isinstance(parameter, dict):
             raise ApiError(errors.INVALID_PARAMETER, "parameter must be a JSON object")
         fmt = self._format(parameter.get("format"), "AAC")
@@ -278,9 +294,10 @@ class JobApp:
 
     def _upload(self, request: Request, adapter: MapAdapter, project_id: str) -> Response:
         name = request.args.get("name", "")
-        if (not name or len(name) > MAX_NAME or name in (".", "..") or any(c in name for c in "/\\\0")
-                or not name.isprintable()):
-            raise ApiError(errors.INVALID_PARAMETER, "name must be a plain file name (no path), 1-255 characters")
+        try:
+            check_name(name)
+        except ValueError as error:
+            raise ApiError(errors.INVALID_PARAMETER, str(error)) from None
         if request.content_length is None and not request.environ.get("wsgi.input_terminated"):
             raise ApiError(errors.LENGTH_REQUIRED)
         if request.content_length is not None and request.content_length > self.max_upload:

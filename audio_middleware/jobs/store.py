@@ -111,6 +111,14 @@ def check_project(project_id: str) -> str:
     return project_id
 
 
+def check_name(name: str) -> str:
+    """An asset name is a plain file name: it becomes the last part of a path in the store."""
+    if (not name or len(name) > 255 or name in (".", "..") or any(c in name for c in "/\\\0")
+            or not name.isprintable()):
+        raise ValueError("the name must be a plain file name (no path), 1-255 printable characters")
+    return name
+
+
 def task_json(row: dict) -> dict:
     """The public shape of a task (GET answer, event payload)."""
     task = {"asset_id": row["asset_id"], "audio_asset_id": row["audio_asset_id"], "project_id": row["project_id"],
@@ -174,7 +182,7 @@ class Store:
     def adopt(self, project_id: str, name: str, temp: Path, content_type: str) -> dict:
         """Move a complete temporary file into the asset tree and record it as a READY source asset."""
         asset_id = new_id()
-        relative = Path("assets") / check_project(project_id) / asset_id / name
+        relative = Path("assets") / check_project(project_id) / asset_id / check_name(name)
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, target)

@@ -184,7 +184,10 @@ class WorkerPool:
                     if not self._stopping.is_set():
                         self._wake.wait(self.poll)
                 continue
-            self.run(task)
+            try:
+                self.run(task)
+            except Exception:  # noqa: BLE001 - e.g. the database stayed locked: the lease will expire and requeue
+                log.exception("task %s could not be recorded", task["audio_asset_id"])
 
     def run(self, task: dict) -> None:
         """Extract one claimed task and record its end (or give it back when stopping)."""

@@ -93,7 +93,7 @@ def _parse_tfhd(data: bytes, tfhd: Box) -> tuple[int, int, int | None, int | Non
     return flags, track_id, base, size
 
 
-def _trun_layout(data: bytes, trun: Box, max_entries: int) -> tuple[int, int, int | None, int, int]:
+def trun_layout(data: bytes, trun: Box, max_entries: int) -> tuple[int, int, int | None, int, int]:
     """(flags, sample_count, data_offset, first record offset, record width) of a ``trun``."""
     full_box_version(data, trun)
     if trun.payload_size < 8:
@@ -187,7 +187,7 @@ class Fragment:
         runs: list[TrackRun] = []
         position = base
         for trun in truns:
-            trun_flags, count, data_offset, first, width = _trun_layout(data, trun, limits.max_table_entries)
+            trun_flags, count, data_offset, first, width = trun_layout(data, trun, limits.max_table_entries)
             if data_offset is not None:
                 position = base + data_offset
             if position < 0:

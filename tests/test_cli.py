@@ -1,0 +1,373 @@
+"""The ``audio-extract`` command line: outputs checked with PyAV, exit codes, messages, progress bar.
+
+Most tests call ``main(argv)`` in-process (fast); a few run ``python -m
+audio_middleware`` in a subprocess to check the real entry point, stdout and
+exit statuses.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from audio_middleware import cli, elementary
+from audio_middleware.cli import ProgressBar, format_info, main
+
+try:  # works whether or not tests/ is a package
+    from tests import media
+except ImportError:  # pragma: no cover
+    import media
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "issue7_media"
+
+
+@pytest.fixture
+def copy(media_dir, tmp_path):
+    """A fresh copy of a media kind in this test's directory (outputs land beside it)."""
+
+    def make(kind: str, name: str | None = None):
+        source = media.make_media(kind, media_dir)
+        return str(shutil.copy(source, tmp_path / (name or source.name)))
+
+    return make
+
+
+def run(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "audio_middleware", *argv], capture_output=True, cwd=cwd,
+                          timeout=120)
+
+
+def no_partials(directory) -> bool:
+    return not [name for name in os.listdir(directory) if name.endswith(".part")]
+
+
+# -- outputs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, ext, fmt", [("mp4_faststart", ".m4a", None), ("mov", ".m4a", None),
+                                            ("mp4_fragmented", ".m4a", None), ("flv_aac", ".audio.flv", "flv")])
+def test_default_writes_the_audio_only_rendition(copy, kind, ext, fmt, capsys):
+    source = copy(kind)
+    assert main([source]) == 0
+    output = os.path.splitext(source)[0] + ext
+    media.assert_audio_identical(source, output, fmt=fmt)
+    assert f"{output}:" in capsys.readouterr().err
+    assert no_partials(os.path.dirname(source))
+
+
+def test_m4a_input_does_not_overwrite_itself(copy):
+    source = copy("m4a_audio_only")
+    assert main([source]) == 0
+    output = os.path.splitext(source)[0] + ".audio.m4a"
+    media.assert_audio_identical(source, output)
+
+
+def test_format_aac_writes_adts(copy):
+    source = copy("mp4_moov_end")
+    assert main([source, "--format", "aac"]) == 0
+    output = os.path.splitext(source)[0] + ".aac"
+    with open(output, "rb") as handle:
+        assert handle.read() == media.remux_audio_only(source, fmt="adts")
+
+
+@pytest.mark.parametrize("kind", ["mp4_mp3", "flv_mp3"])
+def test_format_mp3_copies_mp3(copy, kind, capsys):
+    source = copy(kind)
+    assert main([source, "-f", "mp3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "copy" and summary["output"].endswith(".mp3")
+    frames = [bytes(p[0]) for p in media.audio_packets(summary["output"], "mp3")[0]]
+    assert frames == [bytes(p[0]) for p in media.audio_packets(source)[0]]
+
+
+def test_output_extension_picks_the_format(copy, tmp_path):
+    source = copy("flv_aac")
+    target = tmp_path / "sub.aac"
+    assert main([source, "-o", str(target), "-q"]) == 0
+    assert target.read_bytes()[:2] == b"\xff\xf1"
+
+
+def test_mp3_from_aac_is_transcoded(copy, capsys):
+    if not elementary.transcoding_available("mp3"):
+        pytest.skip("no MP3 encoder")
+    source = copy("mp4_faststart")
+    assert main([source, "-f", "mp3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "transcode" and summary["source_codec"] == "aac"
+    assert summary["duration"] == pytest.approx(3.0, abs=0.1)
+    assert media.audio_packets(summary["output"], "mp3")[0]
+
+
+def test_transcode_unavailable_is_exit_3_with_a_hint(copy, monkeypatch, capsys):
+    monkeypatch.setattr(elementary, "load_av", lambda: None)
+    source = copy("mp4_faststart")
+    assert main([source, "-f", "mp3"]) == 3
+    err = capsys.readouterr().err
+    assert "unsupported" in err and "pip install" in err
+    assert not os.path.exists(os.path.splitext(source)[0] + ".mp3")
+
+
+def test_no_transcode_flag(copy, capsys):
+    assert main([copy("flv_aac"), "-f", "mp3", "--no-transcode"]) == 3
+    assert "transcoding is disabled" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("track", ["2", "fra"])
+def test_track(copy, track, tmp_path):
+    source = copy("mp4_two_audio")
+    target = tmp_path / f"t{track}.m4a"
+    assert main([source, "--track", track, "-o", str(target)]) == 0
+    media.assert_audio_identical(source, target, tracks=[1])
+    target_aac = tmp_path / f"t{track}.aac"
+    assert main([source, "-t", track, "-o", str(target_aac)]) == 0
+    frames = [bytes(p[0])[7:] for p in media.audio_packets(target_aac, "aac")[0]]
+    assert frames == [bytes(p[0]) for p in media.audio_packets(source)[1]]
+
+
+# -- --info ------------------------------------------------------------------------------------
+
+
+def test_info_table(copy, capsys):
+    assert main([copy("mp4_two_audio"), "--info"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "MP4 (brand isom), 2 audio tracks" in lines[0]
+    assert lines[1].split() == ["#", "id", "codec", "lang", "duration", "samples", "rate", "ch"]
+    assert lines[2].split() == ["1", "2", "aac", "eng", "3.023", "s", "131", "44100", "2"]
+    assert lines[3].split()[:4] == ["2", "3", "aac", "fra"]
+
+
+def test_info_json(copy, capsys):
+    source = copy("flv_mp3")
+    assert main([source, "--info", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["input"] == source and facts["container"] == "flv"
+    (track,) = facts["tracks"]
+    assert track["codec"] == media.KINDS["flv_mp3"].audio_codecs[0].replace("libmp3lame", "mp3")
+    assert track["samples"] > 50 and track["duration"] == pytest.approx(3.0, abs=0.1)
+
+
+def test_info_without_audio_is_exit_3(copy, capsys):
+    assert main([copy("mp4_video_only"), "--info", "--json"]) == 3
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["tracks"] == []
+    assert "no audio" in captured.err
+
+
+def test_format_info_handles_unknown_values():
+    text = format_info("x.flv", {"container": "flv", "tracks": [
+        {"index": 1, "track_id": None, "codec": "mp3", "language": "und", "duration": 1.5, "samples": 3,
+         "sample_rate": 44100, "channels": 2}]})
+    assert text.splitlines()[2].split()[:3] == ["1", "-", "mp3"]
+
+
+# -- errors and exit codes ---------------------------------------------------------------------
+
+
+def test_missing_input_is_usage(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.mp4")]) == 2
+    assert "usage: cannot read" in capsys.readouterr().err
+
+
+def test_not_media_is_unsupported(tmp_path, capsys):
+    path = tmp_path / "notes.mp4"
+    path.write_text("just text, no video here")
+    assert main([str(path)]) == 3
+    assert "unsupported: not an MP4-family" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["mp4_video_only", "flv_video_only"])
+def test_no_audio_is_exit_3(copy, kind, capsys):
+    source = copy(kind)
+    assert main([source]) == 3
+    assert "no audio" in capsys.readouterr().err
+    assert no_partials(os.path.dirname(source))
+
+
+def test_truncated_input_is_exit_4_and_leaves_nothing(copy, capsys):
+    source = copy("mp4_faststart")
+    with open(source, "r+b") as handle:
+        handle.truncate(os.path.getsize(source) - 5000)
+    for fmt in ("auto", "aac"):
+        assert main([source, "-f", fmt]) == 4
+        assert "malformed input" in capsys.readouterr().err
+    directory = os.path.dirname(source)
+    assert sorted(os.listdir(directory)) == [os.path.basename(source)]
+
+
+def test_broken_moov_is_exit_4(copy, capsys):
+    source = copy("mp4_faststart")
+    data = bytearray(open(source, "rb").read())
+    at = data.index(b"moov") - 4
+    data[at:at + 4] = (10**8).to_bytes(4, "big")
+    open(source, "wb").write(bytes(data))
+    assert main([source, "--json"]) == 4
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["exit_code"] == 4 and error["kind"] == "malformed input"
+
+
+def test_unknown_track_is_exit_3(copy, capsys):
+    assert main([copy("mp4_two_audio"), "--track", "3"]) == 3
+    assert main([copy("flv_aac"), "--track", "2"]) == 3
+
+
+@pytest.mark.parametrize("argv", [["--track", "0"], ["--track", "english"], ["--format", "wav"], ["--bogus"]])
+def test_bad_arguments_are_usage(copy, argv, capsys):
+    assert main([copy("mp4_faststart"), *argv]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_existing_output_needs_overwrite(copy, tmp_path, capsys):
+    source = copy("mp4_faststart")
+    target = tmp_path / "out.m4a"
+    target.write_bytes(b"keep me")
+    assert main([source, "-o", str(target)]) == 2
+    assert target.read_bytes() == b"keep me"
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([source, "-o", str(target), "-y"]) == 0
+    media.assert_audio_identical(source, target)
+
+
+def test_output_extension_must_match_the_container(copy, tmp_path, capsys):
+    assert main([copy("flv_aac"), "-o", str(tmp_path / "x.m4a")]) == 2
+    assert main([copy("mp4_faststart"), "-o", str(tmp_path / "x.flv")]) == 2
+    assert "use --format aac or mp3" in capsys.readouterr().err
+    assert main([copy("flv_aac"), "-o", str(tmp_path / "x.m4a"), "-f", "aac"]) == 0  # raw ADTS, any name
+
+
+def test_progress_line_ends_on_failure():
+    stream, clock = io.StringIO(), FakeClock()
+    bar = ProgressBar(stream, "x", delay=0.0, clock=clock)
+    bar(5, 10)
+    bar.abort()
+    assert stream.getvalue().endswith("\n") and "100%" not in stream.getvalue()
+
+
+def test_output_may_not_be_the_input(copy):
+    source = copy("mp4_faststart")
+    before = open(source, "rb").read()
+    assert main([source, "-o", source, "-y"]) == 2
+    assert open(source, "rb").read() == before
+
+
+def test_output_directory_must_exist(copy, tmp_path):
+    assert main([copy("mp4_faststart"), "-o", str(tmp_path / "missing" / "x.m4a")]) == 2
+    assert main([copy("mp4_faststart"), "-o", str(tmp_path)]) == 2
+
+
+def test_help_and_version():
+    assert main(["--version"]) == 0
+    assert main(["--help"]) == 0
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_bar_waits_throttles_and_ends_its_line():
+    stream, clock = io.StringIO(), FakeClock()
+    bar = ProgressBar(stream, "x.m4a", delay=0.5, interval=0.1, width=10, clock=clock)
+    bar(10, 100)
+    assert stream.getvalue() == ""  # short jobs print nothing
+    clock.now = 0.6
+    bar(50, 100)
+    assert stream.getvalue().endswith("x.m4a [#####-----]  50% 0.0/0.0 MB")
+    clock.now = 0.65
+    bar(60, 100)
+    assert "60%" not in stream.getvalue()  # throttled
+    bar.finish(100)
+    assert stream.getvalue().endswith("100% 0.0/0.0 MB\n")
+
+
+def test_quiet_progress_bar_prints_nothing():
+    stream = io.StringIO()
+    bar = ProgressBar(stream, "x", clock=FakeClock())
+    bar(1, 2)
+    bar.finish(2)
+    assert stream.getvalue() == ""
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal(copy, monkeypatch):
+    original = cli.ProgressBar.__init__
+
+    def eager(self, stream, label, **kw):
+        original(self, stream, label, delay=0.0, interval=0.0)
+
+    monkeypatch.setattr(cli.ProgressBar, "__init__", eager)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([copy("mp4_faststart"), "-f", "aac"]) == 0
+    assert "\r" in terminal.getvalue() and "100%" in terminal.getvalue()
+
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    assert main([copy("flv_aac"), "-f", "aac"]) == 0
+    assert "\r" not in piped.getvalue()
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([copy("mov"), "--no-progress"]) == 0
+    assert "\r" not in terminal.getvalue()
+
+
+# -- the real entry point ----------------------------------------------------------------------
+
+
+def test_python_m_audio_middleware(copy):
+    source = copy("mp4_faststart")
+    done = run(source, "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    media.assert_audio_identical(source, summary["output"])
+    assert done.stderr == b""  # not a terminal: no progress bar
+
+
+@pytest.mark.parametrize("argv, code", [(["--track", "9"], 3), (["--format", "nope"], 2), ([], 0)])
+def test_exit_statuses_in_a_subprocess(copy, argv, code):
+    assert run(copy("flv_aac"), *argv).returncode == code
+
+
+def test_subprocess_missing_and_malformed(tmp_path):
+    assert run(str(tmp_path / "none.mp4")).returncode == 2
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x00\x00isomiso2" + b"\x00\x00\x00\x10moov\x00\x00")
+    done = run(str(bad))
+    assert done.returncode == 4 and b"malformed input" in done.stderr
+
+
+def test_stdout_output(copy, tmp_path):
+    source = copy("flv_mp3")
+    piped = run(source, "-o", "-")
+    assert piped.returncode == 0
+    assert main([source, "-o", str(tmp_path / "file.flv"), "-q"]) == 0
+    assert piped.stdout == (tmp_path / "file.flv").read_bytes()
+    assert run(source, "-o", "-", "--json").returncode == 2
+
+
+def test_console_script_when_installed(copy):
+    script = shutil.which("audio-extract") or shutil.which("audio-extract", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("console script not installed (setup.cfg entry point missing or package not reinstalled)")
+    done = subprocess.run([script, copy("mp4_faststart"), "--info", "--json"], capture_output=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout)["tracks"]
