@@ -250,10 +250,26 @@ def _read_file_header(source: Source) -> FileHeader:
     return parse_file_header(source.read(0, FILE_HEADER_SIZE))
 
 
-def _timestamp(stamp: int) -> int:
-    """Milliseconds from the second header word (24 low bits, then the extended upper byte)."""
-    return (stamp >> 8) | ((stamp & 0xFF) << 24)
 
+def _tags(source: Source, pos: int) -> Iterator[tuple[int, int, int, int, bytes]]:
+    """Every tag from ``pos``: (position, type byte, DataSize, timestamp in ms, first bytes).
+
+    The one tag walker of all three modes. Navigation trusts DataSize only. The
+    next header is read only when the caller asks for the next tag, so a span it
+    yielded meanwhile is consumed first on a forward-only source. Encrypted
+    (filtered) audio is refused here.
+    """
+    read, unpack = source.read, TAG_HEAD.unpack_from
+    while True:
+        peek = read(pos, PEEK_SIZE)
+        if len(peek) < TAG_HEADER_SIZE:
+            return
+        word, stamp = unpack(peek)
+        kind, size = word >> 24, word & 0xFFFFFF
+        if kind & TYPE_MASK == TAG_AUDIO and kind & FILTER_BIT:
+            raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
+        yield pos, kind, size, (stamp >> 8) | ((stamp & 0xFF) << 24), peek
+        pos += TAG_OVERHEAD + size
 
 def _read_script(source: Source, pos: int, size: int, limits: Limits) -> bytes:
     """The whole script tag (header + body) at ``pos``, bounded by ``max_script_size``."""
@@ -347,24 +363,13 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
     out.add(Literal(header.audio_only()))
     metadata: list[tuple[int, bytes, Metadata]] = []  # (index in pieces, tag head, decoded body)
     info: dict = {"container": "flv", "audio_codec": None, "duration": None, "tracks": []}
-    read, unpack = source.read, TAG_HEAD.unpack_from
     windowed, start_ms, end_ms = window.active, window.start_ms, window.end_ms
-    pos = header.data_offset + 4
     seen_audio = False
     frames = 0
     last_ts = None
     before_start: tuple[int, int] | None = None  # the frame that contains ``start``
-    while True:
-        peek = read(pos, PEEK_SIZE)
-        if len(peek) < TAG_HEADER_SIZE:
-            break
-        word, stamp = unpack(peek)
-        kind = word >> 24
-        size = word & 0xFFFFFF
+    for pos, kind, size, ts, peek in _tags(source, header.data_offset + 4):
         if kind & TYPE_MASK == TAG_AUDIO:
-            if kind & FILTER_BIT:
-                raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
-            ts = (stamp >> 8) | ((stamp & 0xFF) << 24)
             if not seen_audio:
                 seen_audio = True
                 _audio_info(info, peek)
@@ -384,7 +389,7 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
                 last_ts = ts
             else:
                 before_start = (pos, size)
-        elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(window, seen_audio, _timestamp(stamp)):
+        elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(window, seen_audio, ts):
             if size >= len(METADATA_PREFIX) and not kind & FILTER_BIT and _is_metadata(source, pos):
                 tag = _read_script(source, pos, size, limits)
                 meta = rewrite_metadata(tag[TAG_HEADER_SIZE:], limits, window)
@@ -392,7 +397,6 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
                 metadata.append((len(out.pieces), tag[:TAG_HEADER_SIZE], meta))
                 out.add(Literal(_metadata_tag(tag, meta, 0)))
             # other script tags (onCuePoint, onTextData captions...) describe the video: dropped
-        pos += TAG_OVERHEAD + size
     if not frames:
         raise _no_audio(window, seen_audio)
     out.flush()
@@ -485,27 +489,19 @@ class _Probe:
 
     def run(self, pos: int) -> int:
         """Walk until the first kept audio frame (or the probe bound); return where streaming resumes."""
-        source, limits = self.source, self.limits
+        limits = self.limits
         probe_end = pos + limits.flv_probe_bytes
-        while True:
+        for pos, kind, size, ts, peek in _tags(self.source, pos):  # noqa: B020 - walks on from its argument
             if pos > probe_end:
                 if self.seen_audio:
                     return pos
                 raise NoAudioTrack(f"FLV has no audio tags in its first {limits.flv_probe_bytes} bytes")
-            peek = source.read(pos, PEEK_SIZE)
-            if len(peek) < TAG_HEADER_SIZE:
-                raise _no_audio(self.window, self.seen_audio)
-            word, stamp = TAG_HEAD.unpack_from(peek)
-            kind = word >> 24
-            size = word & 0xFFFFFF
             if kind & TYPE_MASK == TAG_AUDIO:
-                if kind & FILTER_BIT:
-                    raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
-                if self.audio(pos, size, _timestamp(stamp), peek):
+                if self.audio(pos, size, ts, peek):
                     return pos + TAG_OVERHEAD + size
-            elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(self.window, self.seen_audio, _timestamp(stamp)):
+            elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(self.window, self.seen_audio, ts):
                 self.script(pos, size, kind)
-            pos += TAG_OVERHEAD + size
+        raise _no_audio(self.window, self.seen_audio)
 
 
 def _lazy_pieces(source: Source, limits: Limits, window: Window, info: dict) -> Iterator[Piece]:
@@ -521,29 +517,17 @@ def _lazy_pieces(source: Source, limits: Limits, window: Window, info: dict) -> 
 
 def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bool) -> Iterator[Piece]:
     """Yield audio tags from ``pos`` on; a tag header is read only after the previous span was consumed."""
-    read = source.read
-    unpack = TAG_HEAD.unpack_from
     source_size = source.size
     windowed = window.active
     start_ms, end_ms = window.start_ms, window.end_ms
     before_start: bytes | None = None  # the frame that contains ``start`` (when the probe stopped early)
-    while True:
-        peek = read(pos, PEEK_SIZE)
-        if len(peek) < TAG_HEADER_SIZE:
-            break
-        word, stamp = unpack(peek)
-        kind = word >> 24
-        size = word & 0xFFFFFF
+    for pos, kind, size, ts, peek in _tags(source, pos):  # noqa: B020 - the walker owns the position
         if kind & TYPE_MASK == TAG_AUDIO:
-            if kind & FILTER_BIT:
-                raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
             if windowed:
-                ts = _timestamp(stamp)
                 if ts >= end_ms:
                     break
                 if ts < start_ms and not is_audio_config(peek, size):
                     before_start = read_exact(source, pos, TAG_OVERHEAD + size, f"the audio tag at byte {pos}")
-                    pos += TAG_OVERHEAD + size
                     continue
                 if not frames and before_start is not None and ts > start_ms:
                     yield Literal(before_start)
@@ -552,9 +536,8 @@ def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bo
                 yield Span(pos, TAG_OVERHEAD + size)
             else:
                 yield from _copy(pos, size, source_size, SourceTruncated)
-        elif kind & TYPE_MASK == TAG_SCRIPT and (not windowed or start_ms <= _timestamp(stamp) < end_ms):
+        elif kind & TYPE_MASK == TAG_SCRIPT and (not windowed or start_ms <= ts < end_ms):
             yield from _stream_script(source, limits, window, pos, size, kind)
-        pos += TAG_OVERHEAD + size
     if not frames:
         raise _no_audio(window, True)
 
