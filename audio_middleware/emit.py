@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from .plan import Literal, Piece
+from .plan import Literal, Piece, Spans
 from .sources import Source, read_exact
 
 DEFAULT_BLOCK = 256 * 1024
@@ -24,6 +24,27 @@ def iter_plan_bytes(pieces: Iterable[Piece], source: Source, block_size: int = D
         if isinstance(piece, Literal):
             parts.append(piece.data)
             pending += len(piece.data)
+        elif isinstance(piece, Spans):
+            gather = getattr(source, "gather", None)
+            if gather is not None:  # positioned reads in one tight loop (file-backed sources)
+                if parts:
+                    yield b"".join(parts)
+                    parts, pending = [], 0
+                yield from gather(piece.offsets, piece.lengths, block_size)
+                continue
+            for offset, length in zip(piece.offsets, piece.lengths):
+                if length >= block_size:
+                    if parts:
+                        yield b"".join(parts)
+                        parts, pending = [], 0
+                    yield from source.iter_range(offset, length)
+                    continue
+                parts.append(read_exact(source, offset, length, "an audio span"))
+                pending += length
+                if pending >= block_size:
+                    yield b"".join(parts)
+                    parts, pending = [], 0
+            continue
         elif piece.length >= block_size:
             if parts:
                 yield b"".join(parts)

@@ -9,9 +9,11 @@ exact Content-Length, and cached (it is small: KBs to a few MBs).
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import accumulate
 
 
@@ -38,7 +40,78 @@ class Span:
         return self.offset + self.length
 
 
-Piece = Literal | Span
+class Spans:
+    """Many spans in one piece: parallel arrays of source offsets and lengths.
+
+    A long interleaved movie yields one audio span per chunk (180k for two
+    hours); holding them as two arrays instead of as many objects keeps
+    planning, caching and slicing fast and the plan small. Offsets increase.
+    """
+
+    __slots__ = ("offsets", "lengths", "length", "_ends")
+
+    def __init__(self, offsets: Sequence[int], lengths: Sequence[int]) -> None:
+        self.offsets = offsets if isinstance(offsets, array) and offsets.typecode == "q" else array("q", offsets)
+        self.lengths = lengths if isinstance(lengths, array) and lengths.typecode == "q" else array("q", lengths)
+        if len(self.offsets) != len(self.lengths):
+            raise ValueError("offsets and lengths differ in length")
+        self.length = sum(self.lengths)
+        self._ends: array | None = None
+
+    @classmethod
+    def from_arrays(cls, offsets: object, lengths: object) -> Spans:
+        """From two integer buffers (numpy arrays): one bulk copy each, no per-span objects."""
+        columns = []
+        for values in (offsets, lengths):
+            column = array("q")
+            column.frombytes(memoryview(values.astype("=i8", copy=False)).cast("B"))  # type: ignore[attr-defined]
+            columns.append(column)
+        return cls(*columns)
+
+    @property
+    def ends(self) -> array:
+        """Cumulative output length after each span (computed once, on first slice)."""
+        if self._ends is None:
+            self._ends = array("q", accumulate(self.lengths))
+        return self._ends
+
+    def __iter__(self) -> Iterator[Span]:
+        return map(Span, self.offsets, self.lengths)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Spans) and self.offsets == other.offsets and self.lengths == other.lengths
+
+    def __repr__(self) -> str:
+        return f"Spans({len(self)} spans, {self.length} bytes)"
+
+    def slice(self, start: int, stop: int) -> Spans:
+        """The spans producing bytes ``[start, stop)`` of this piece."""
+        ends = self.ends
+        first = bisect_right(ends, start)
+        last = bisect_left(ends, stop)
+        offsets = self.offsets[first:last + 1]
+        lengths = self.lengths[first:last + 1]
+        if not offsets:
+            return Spans((), ())
+        begin = ends[first] - self.lengths[first]
+        cut = start - begin
+        offsets[0] += cut
+        lengths[0] -= cut
+        over = ends[min(last, len(ends) - 1)] - stop
+        if over > 0:
+            lengths[-1] -= over
+        return Spans(offsets, lengths)
+
+    @property
+    def forward_only(self) -> bool:
+        offsets, lengths = self.offsets, self.lengths
+        return all(map(int.__le__, map(int.__add__, offsets, lengths), offsets[1:]))
+
+
+Piece = Literal | Span | Spans
 
 
 def coalesce(pieces: Iterable[Piece]) -> Iterator[Piece]:
@@ -79,8 +152,15 @@ class Plan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ends", tuple(accumulate(p.length for p in self.pieces)))
-        literal_bytes = sum(len(p.data) for p in self.pieces if isinstance(p, Literal))
-        object.__setattr__(self, "_footprint", literal_bytes + 64 * len(self.pieces) + 256)
+        footprint = 256
+        for piece in self.pieces:
+            if isinstance(piece, Literal):
+                footprint += len(piece.data) + 64
+            elif isinstance(piece, Spans):
+                footprint += 24 * len(piece) + 200  # two arrays of 8-byte items, plus ends once sliced
+            else:
+                footprint += 64
+        object.__setattr__(self, "_footprint", footprint)
 
     @property
     def length(self) -> int:
@@ -91,7 +171,7 @@ class Plan:
         """Approximate memory held by the plan, for cache accounting."""
         return self._footprint
 
-    @property
+    @cached_property
     def forward_only(self) -> bool:
         """True when spans never go back, so the plan can be streamed over a forward-only source."""
         position = -1
@@ -100,6 +180,10 @@ class Plan:
                 if piece.offset < position:
                     return False
                 position = piece.end
+            elif isinstance(piece, Spans) and len(piece):
+                if piece.offsets[0] < position or not piece.forward_only:
+                    return False
+                position = piece.offsets[-1] + piece.lengths[-1]
         return True
 
     def slice(self, start: int, stop: int) -> tuple[Piece, ...]:
@@ -117,6 +201,8 @@ class Plan:
             hi = min(stop - piece_start, piece.length)
             if isinstance(piece, Literal):
                 out.append(Literal(piece.data[lo:hi]))
+            elif isinstance(piece, Spans):
+                out.append(piece.slice(lo, hi))
             else:
                 out.append(Span(piece.offset + lo, hi - lo))
             piece_start += piece.length

@@ -252,6 +252,35 @@ class FileSource:
             self._file.seek(here)
             return b"".join(parts)
 
+    def gather(self, offsets: Iterable[int], lengths: Iterable[int], block: int) -> Iterator[bytes]:
+        """The bytes of many spans, concatenated into blocks of about ``block`` bytes.
+
+        The hot loop of a file-backed download: one ``os.pread`` per span and
+        nothing else per span, so interleaved movies (one span per audio chunk)
+        stream at a few hundred nanoseconds of Python per span.
+        """
+        if self._fd is None:
+            yield from _gather_with(self.read, offsets, lengths, block)
+            return
+        pread, fd, start, size = os.pread, self._fd, self._start, self.size
+        parts: list[bytes] = []
+        pending = 0
+        for offset, length in zip(offsets, lengths):
+            if size is not None and offset + length > size or offset < 0:
+                raise SourceTruncated(f"span at byte {offset} runs past the end of the source ({size})")
+            data = pread(fd, length, start + offset)
+            if len(data) != length:
+                data += b"".join(_read_rest(pread, fd, start + offset + len(data), length - len(data)))
+                if len(data) != length:
+                    raise SourceTruncated(f"source ends inside the span at byte {offset}")
+            parts.append(data)
+            pending += length
+            if pending >= block:
+                yield b"".join(parts)
+                parts, pending = [], 0
+        if parts:
+            yield b"".join(parts)
+
     def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
         end = offset + length
         while offset < end:
@@ -266,6 +295,34 @@ class FileSource:
     def close(self) -> None:
         if self._owned:
             self._file.close()
+
+
+def _read_rest(pread: Callable, fd: int, position: int, length: int) -> Iterator[bytes]:
+    """Finish a short positioned read (rare: signals, pipes, network file systems)."""
+    while length > 0:
+        more = pread(fd, length, position)
+        if not more:
+            return
+        yield more
+        position += len(more)
+        length -= len(more)
+
+
+def _gather_with(read: Callable[[int, int], bytes], offsets: Iterable[int], lengths: Iterable[int],
+                 block: int) -> Iterator[bytes]:
+    parts: list[bytes] = []
+    pending = 0
+    for offset, length in zip(offsets, lengths):
+        data = read(offset, length)
+        if len(data) != length:
+            raise SourceTruncated(f"source ends inside the span at byte {offset}")
+        parts.append(data)
+        pending += length
+        if pending >= block:
+            yield b"".join(parts)
+            parts, pending = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 def spool(sequential: SequentialSource, limit: int) -> FileSource:

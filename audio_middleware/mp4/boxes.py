@@ -146,19 +146,30 @@ def rebuild(data: bytes | memoryview, box: Box, edits: Mapping[int, bytes | None
 
     ``edits`` maps the offset of a descendant box to its new bytes, or to None to
     remove it. Only containers on the way to an edit are re-serialized (with new
-    sizes); everything else is copied byte for byte.
+    sizes); everything else is copied byte for byte, in a single join at the end.
     """
+    return b"".join(rebuild_parts(data, box, edits, depth, max_depth)[1])
+
+
+def rebuild_parts(data: bytes | memoryview, box: Box, edits: Mapping[int, bytes | None], depth: int = 0,
+                  max_depth: int = 32) -> tuple[int, list[bytes | memoryview]]:
+    """(size, pieces) of :func:`rebuild` without joining: unchanged boxes stay zero-copy views."""
     if box.offset in edits:
-        return edits[box.offset] or b""
+        new = edits[box.offset] or b""
+        return len(new), [new]
     if not any(box.offset < where < box.end for where in edits):
-        return bytes(data[box.offset:box.end])
+        return box.size, [memoryview(data)[box.offset:box.end]]
     if box.type not in CONTAINERS:
         raise MalformedMedia(f"cannot rewrite inside '{box.name}'")
     if depth >= max_depth:
         raise LimitExceeded(f"boxes nest deeper than {max_depth} levels")
-    parts = [rebuild(data, child, edits, depth + 1, max_depth) for child in iter_children(data, box.payload_offset,
-                                                                                          box.end)]
-    return build_box(box.type, *parts)
+    size, parts = 0, []
+    for child in iter_children(data, box.payload_offset, box.end):
+        child_size, child_parts = rebuild_parts(data, child, edits, depth + 1, max_depth)
+        size += child_size
+        parts += child_parts
+    header = box_header(box.type, size)
+    return len(header) + size, [header, *parts]
 
 
 def full_box_version(data: bytes | memoryview, box: Box) -> int:

@@ -13,7 +13,7 @@ fragments as the bytes go by.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..errors import LimitExceeded, MalformedMedia, UnsupportedMedia
@@ -236,14 +236,14 @@ class Fragment:
         return build_box(b"moof", *parts)
 
 
-def _walk(source: Source, head_spans: list[Span], head_length: int, kept_ids: set[int], trex: dict[int, int],
+def _walk(source: Source, head_spans: Iterable[Span], head_length: int, kept_ids: set[int], trex: dict[int, int],
           limits: Limits) -> Iterator[Piece]:
     """Pieces after the head: the progressive spans, then each reduced fragment, in source order.
 
     The header of the box after a ``moof`` is read before the fragment's spans are
     yielded: on a forward-only source those spans move the read position past it.
     """
-    pending = list(head_spans)
+    pending = list(head_spans)  # the progressive part of a partially fragmented file: few spans
     out_position = head_length + sum(span.length for span in pending)
     box = read_top_header(source, 0)
     for _ in range(limits.max_top_level_boxes * 100):

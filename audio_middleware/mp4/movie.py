@@ -8,13 +8,14 @@ configuration exactly.
 from __future__ import annotations
 
 import struct
-import sys
 from array import array
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia
 from ..limits import Limits
-from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, parse_header, rebuild
+from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, parse_header, rebuild, rebuild_parts
 from .tracks import Track, parse_track
 
 U32 = struct.Struct(">I")
@@ -102,17 +103,15 @@ def select_audio(movie: Movie, selector: str | None) -> list[Track]:
     return chosen[:1]
 
 
-def offsets_box(values: array | list[int], wide: bool) -> bytes:
+def offsets_box(values: np.ndarray | array | list[int], wide: bool) -> bytes:
     """A ``stco`` (32-bit) or ``co64`` (64-bit) box holding ``values``."""
-    table = array("Q" if wide else "I", values)
-    if sys.byteorder == "little":
-        table.byteswap()
-    return build_box(b"co64" if wide else b"stco", OFFSET_HEAD.pack(0, len(values)), table.tobytes())
+    table = np.asarray(values, dtype=">u8" if wide else ">u4")
+    return build_box(b"co64" if wide else b"stco", OFFSET_HEAD.pack(0, len(table)), table.tobytes())
 
 
-def rewrite_movie(movie: Movie, kept: list[Track], new_offsets: dict[int, array | list[int]], wide: bool,
-                  limits: Limits, extra_edits: dict[int, bytes | None] | None = None) -> bytes:
-    """A copy of ``moov`` with only ``kept`` tracks, their chunk offsets replaced."""
+def movie_edits(movie: Movie, kept: list[Track], new_offsets: dict[int, array | list[int]], wide: bool,
+                extra_edits: dict[int, bytes | None] | None) -> dict[int, bytes | None]:
+    """The box edits that keep only ``kept`` tracks with their chunk offsets replaced."""
     data = movie.data
     kept_ids = {track.track_id for track in kept}
     edits: dict[int, bytes | None] = dict(extra_edits or {})
@@ -129,7 +128,21 @@ def rewrite_movie(movie: Movie, kept: list[Track], new_offsets: dict[int, array 
                 if U32.unpack_from(data, child.payload_offset + 4)[0] not in kept_ids:
                     edits[child.offset] = None
     edits[movie.mvhd.offset] = _new_mvhd(movie, kept)
-    return rebuild(data, movie.moov, edits, max_depth=limits.max_box_depth)
+    return edits
+
+
+def rewrite_movie(movie: Movie, kept: list[Track], new_offsets: dict[int, array | list[int]], wide: bool,
+                  limits: Limits, extra_edits: dict[int, bytes | None] | None = None) -> bytes:
+    """A copy of ``moov`` with only ``kept`` tracks, their chunk offsets replaced."""
+    edits = movie_edits(movie, kept, new_offsets, wide, extra_edits)
+    return rebuild(movie.data, movie.moov, edits, max_depth=limits.max_box_depth)
+
+
+def rewritten_size(movie: Movie, kept: list[Track], wide: bool, limits: Limits) -> int:
+    """Size :func:`rewrite_movie` will produce (offsets' values do not change it): no bytes copied."""
+    placeholder = {track.track_id: np.zeros(len(track.chunk_offsets), np.int64) for track in kept}
+    edits = movie_edits(movie, kept, placeholder, wide, None)
+    return rebuild_parts(movie.data, movie.moov, edits, max_depth=limits.max_box_depth)[0]
 
 
 def tref_edits(data: bytes, trak: Box, kept_ids: set[int]) -> dict[int, bytes | None]:

@@ -8,17 +8,16 @@ source can be streamed.
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass
-from itertools import accumulate
-from operator import add, le
+
+import numpy as np
 
 from ..errors import MalformedMedia
 from ..limits import Limits
-from ..plan import Literal, Piece, Plan, Span
+from ..plan import Literal, Piece, Plan, Spans
 from .boxes import MAX_U32, box_header
 from .layout import Layout
-from .movie import Movie, rewrite_movie
+from .movie import Movie, rewrite_movie, rewritten_size
 from .tracks import Track
 
 
@@ -31,28 +30,33 @@ def content_type_for(brand: bytes) -> str:
     return "audio/mp4"
 
 
-def _source_order(tracks: list[Track]) -> tuple[array, list[int], list[tuple[int, int]]]:
-    """All audio chunks as (offsets, sizes, owners) in increasing source offset."""
-    if len(tracks) == 1:
-        track = tracks[0]
-        offsets, sizes = track.chunk_offsets, track.chunk_sizes
-        if all(map(le, offsets, offsets[1:])):
-            return offsets, sizes, [(0, i) for i in range(len(offsets))]
-    owners = [(t, i) for t, track in enumerate(tracks) for i in range(len(track.chunk_offsets))]
-    owners.sort(key=lambda owner: tracks[owner[0]].chunk_offsets[owner[1]])
-    offsets = array("Q", (tracks[t].chunk_offsets[i] for t, i in owners))
-    sizes = [tracks[t].chunk_sizes[i] for t, i in owners]
-    return offsets, sizes, owners
+def _source_order(tracks: list[Track]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All audio chunks as (offsets, sizes, order), ``order`` sorting them by source offset.
+
+    ``order`` indexes the chunks of all tracks concatenated in ``tracks`` order.
+    """
+    offsets = np.concatenate([track.chunk_offsets for track in tracks]) if tracks else np.zeros(0, np.int64)
+    sizes = np.concatenate([track.chunk_sizes for track in tracks]) if tracks else np.zeros(0, np.int64)
+    if len(offsets) < 2 or bool(np.all(offsets[1:] >= offsets[:-1])):
+        order = np.arange(len(offsets))
+    else:
+        order = np.argsort(offsets, kind="stable")
+    return offsets[order], sizes[order], order
 
 
-def _check_chunks(offsets: array, sizes: list[int], source_size: int | None) -> None:
+def _check_chunks(offsets: np.ndarray, sizes: np.ndarray, source_size: int | None) -> None:
     """Chunks must not overlap and must lie inside the file when its size is known."""
-    ends = list(map(add, offsets, sizes))
-    for index, (end, following) in enumerate(zip(ends, offsets[1:], strict=False)):
-        if end > following and sizes[index + 1] and sizes[index]:
-            raise MalformedMedia(f"audio chunks overlap at byte {following}")
-    if source_size is not None and ends and max(ends) > source_size:
-        raise MalformedMedia(f"audio chunk ends at byte {max(ends)}, past the end of the file ({source_size})")
+    if not len(offsets):
+        return
+    if offsets[0] < 0:
+        raise MalformedMedia(f"audio chunk offset {int(offsets[0])} is out of range")
+    ends = offsets + sizes
+    overlapping = np.flatnonzero((ends[:-1] > offsets[1:]) & (sizes[:-1] > 0) & (sizes[1:] > 0))
+    if overlapping.size:
+        raise MalformedMedia(f"audio chunks overlap at byte {int(offsets[overlapping[0] + 1])}")
+    last = int(ends.max())
+    if source_size is not None and last > source_size:
+        raise MalformedMedia(f"audio chunk ends at byte {last}, past the end of the file ({source_size})")
 
 
 @dataclass
@@ -60,52 +64,47 @@ class Head:
     """The generated front of the output and the audio chunks that follow it."""
 
     data: bytes
-    spans: list[Span]
+    spans: Spans
 
 
 def build_head(layout: Layout, movie: Movie, kept: list[Track], source_size: int | None, limits: Limits, *,
                omit_empty_mdat: bool = False) -> Head:
     """``ftyp`` + new ``moov`` + ``mdat`` header, and the spans of the audio chunks in that mdat."""
-    offsets, sizes, owners = _source_order(kept)
+    offsets, sizes, order = _source_order(kept)
     _check_chunks(offsets, sizes, source_size)
-    payload = sum(sizes)
+    payload = int(sizes.sum())
     ftyp = layout.ftyp or b""
     mdat_header = b"" if omit_empty_mdat and not payload else box_header(b"mdat", payload)
-    placeholder = {track.track_id: [0] * len(track.chunk_offsets) for track in kept}
+    counts = [len(track.chunk_offsets) for track in kept]
     wide = False
-    moov_length = len(rewrite_movie(movie, kept, placeholder, wide, limits))
+    moov_length = rewritten_size(movie, kept, wide, limits)
     data_start = len(ftyp) + moov_length + len(mdat_header)
     if data_start + payload > MAX_U32:
         wide = True
-        moov_length = len(rewrite_movie(movie, kept, placeholder, wide, limits))
+        moov_length = rewritten_size(movie, kept, wide, limits)
         data_start = len(ftyp) + moov_length + len(mdat_header)
 
-    new_offsets = placeholder
-    tables = [new_offsets[track.track_id] for track in kept]
-    for (owner, index), position in zip(owners, accumulate(sizes, initial=data_start), strict=False):
-        tables[owner][index] = position
+    positions = np.empty(len(order), np.int64)
+    positions[order] = data_start + np.cumsum(sizes) - sizes  # new offset of each chunk, in track order
+    splits = np.cumsum(counts)[:-1]
+    new_offsets = {track.track_id: part for track, part in zip(kept, np.split(positions, splits))}
     moov = rewrite_movie(movie, kept, new_offsets, wide, limits)
     if len(moov) != moov_length:
         raise MalformedMedia("rewritten moov changed size between passes")
     return Head(ftyp + moov + mdat_header, _runs(offsets, sizes))
 
 
-def _runs(offsets: array, sizes: list[int]) -> list[Span]:
-    """One span per run of chunks that touch in the source."""
-    spans: list[Span] = []
-    run_start = run_end = -1
-    for offset, size in zip(offsets, sizes, strict=False):
-        if not size:
-            continue
-        if offset == run_end:
-            run_end += size
-            continue
-        if run_end > run_start:
-            spans.append(Span(run_start, run_end - run_start))
-        run_start, run_end = offset, offset + size
-    if run_end > run_start:
-        spans.append(Span(run_start, run_end - run_start))
-    return spans
+def _runs(offsets: np.ndarray, sizes: np.ndarray) -> Spans:
+    """One span per run of chunks that touch in the source (empty chunks dropped)."""
+    keep = sizes > 0
+    offsets, sizes = offsets[keep], sizes[keep]
+    if not len(offsets):
+        return Spans((), ())
+    ends = offsets + sizes
+    starts_run = np.flatnonzero(np.concatenate(([True], offsets[1:] != ends[:-1])))
+    ends_run = np.append(starts_run[1:], len(offsets)) - 1
+    run_offsets = offsets[starts_run]
+    return Spans.from_arrays(run_offsets, ends[ends_run] - run_offsets)
 
 
 def describe(layout: Layout, kept: list[Track], fragmented: bool) -> dict:
@@ -123,5 +122,5 @@ def plan_progressive(layout: Layout, movie: Movie, kept: list[Track], source_siz
                      limits: Limits) -> Plan:
     """The complete plan for a non-fragmented movie keeping ``kept`` audio tracks."""
     head = build_head(layout, movie, kept, source_size, limits)
-    pieces: list[Piece] = [Literal(head.data), *head.spans]
+    pieces: list[Piece] = [Literal(head.data), head.spans]
     return Plan(tuple(pieces), content_type_for(layout.major_brand), describe(layout, kept, False))

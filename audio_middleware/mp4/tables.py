@@ -1,8 +1,10 @@
 """Sample tables: where each chunk of a track lives and how many bytes it holds.
 
 Counts are checked against the box payload before anything is allocated, and
-against :class:`~audio_middleware.limits.Limits`. Arrays are decoded in bulk
-(``array`` + ``byteswap``), never with a Python loop per sample.
+against :class:`~audio_middleware.limits.Limits`. Tables are decoded in bulk
+(``array`` + ``byteswap``) and the chunk layout is computed with numpy: a
+2-hour movie has ~100k ``stsc`` entries and ~180k chunks per track, which a
+Python step per entry turned into a quarter of a second per cold plan.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from itertools import accumulate, repeat
+
+import numpy as np
 
 from ..errors import LimitExceeded, MalformedMedia
 from .boxes import Box
@@ -55,17 +58,24 @@ def chunk_offsets(data: bytes | memoryview, box: Box, max_entries: int) -> array
     return big_endian_array("Q" if width == 8 else "I", data[first:first + count * width])
 
 
+def stsc_columns(data: bytes | memoryview, box: Box, max_entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """``stsc`` as two int64 columns (first_chunk, samples_per_chunk), first_chunk strictly increasing from 1."""
+    count, first = counted_entries(data, box, 4, 12, max_entries)
+    table = np.frombuffer(data, ">u4", count * 3, first).reshape(count, 3).astype(np.int64)
+    first_chunk, per_chunk = table[:, 0], table[:, 1]
+    if count and first_chunk[0] < 1:
+        raise MalformedMedia("stsc first_chunk 0 (chunks are numbered from 1)")
+    steps = np.flatnonzero(np.diff(first_chunk) <= 0)
+    if steps.size:
+        at = int(steps[0]) + 1
+        raise MalformedMedia(f"stsc first_chunk {first_chunk[at]} does not increase (after {first_chunk[at - 1]})")
+    return first_chunk, per_chunk
+
+
 def sample_to_chunk(data: bytes | memoryview, box: Box, max_entries: int) -> list[tuple[int, int]]:
     """``stsc`` as (first_chunk, samples_per_chunk); first_chunk starts at 1 and strictly increases."""
-    count, first = counted_entries(data, box, 4, 12, max_entries)
-    entries: list[tuple[int, int]] = []
-    previous = 0
-    for first_chunk, per_chunk, _description in STSC_ENTRY.iter_unpack(data[first:first + count * 12]):
-        if first_chunk <= previous:
-            raise MalformedMedia(f"stsc first_chunk {first_chunk} does not increase (after {previous})")
-        entries.append((first_chunk, per_chunk))
-        previous = first_chunk
-    return entries
+    first_chunk, per_chunk = stsc_columns(data, box, max_entries)
+    return list(zip(first_chunk.tolist(), per_chunk.tolist()))
 
 
 class SampleSizes:
@@ -94,49 +104,45 @@ class SampleSizes:
         count, first = counted_entries(data, box, 8, field_size / 8, max_entries)
         self.count = count
         if field_size == 16:
-            self.sizes = big_endian_array("I", b"")
-            self.sizes.extend(big_endian_array("H", data[first:first + count * 2]))
+            wide = np.frombuffer(data, ">u2", count, first).astype(np.uint32)
         elif field_size == 8:
-            self.sizes = array("I", bytes(data[first:first + count]))
+            wide = np.frombuffer(data, np.uint8, count, first).astype(np.uint32)
         else:
-            packed = bytes(data[first:first + (count + 1) // 2])
-            nibbles = array("I")
-            for byte in packed:
-                nibbles.append(byte >> 4)
-                nibbles.append(byte & 15)
-            self.sizes = nibbles[:count]
+            packed = np.frombuffer(data, np.uint8, (count + 1) // 2, first)
+            wide = np.stack((packed >> 4, packed & 15), axis=1).reshape(-1)[:count].astype(np.uint32)
+        self.sizes = array("I", wide.tobytes())
 
 
-def chunk_sizes(stsc: list[tuple[int, int]], chunk_count: int, sizes: SampleSizes) -> tuple[list[int], list[int]]:
-    """Byte size and first sample index of every chunk.
+def chunk_layout(stsc: tuple[np.ndarray, np.ndarray], chunk_count: int, sizes: SampleSizes
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Byte size and first sample index of every chunk, as int64 arrays.
 
     Samples beyond those the chunks describe are ignored (as demuxers do); chunks
     that would need more samples than ``stsz`` lists are malformed.
     """
-    if chunk_count and (not stsc or stsc[0][0] != 1):
+    first_chunk, per_chunk = stsc
+    if not chunk_count:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if not first_chunk.size or first_chunk[0] != 1:
         raise MalformedMedia("stsc does not start at chunk 1")
-    prefix = None if sizes.sizes is None else array("Q", accumulate(sizes.sizes, initial=0))
-    out_sizes: list[int] = []
-    out_first: list[int] = []
-    sample = 0
-    for index, (first_chunk, per_chunk) in enumerate(stsc):
-        next_first = stsc[index + 1][0] if index + 1 < len(stsc) else chunk_count + 1
-        runs = max(0, min(next_first, chunk_count + 1) - first_chunk)
-        if runs == 0:
-            continue
-        if runs * per_chunk > sizes.count - sample:
-            raise MalformedMedia(f"stsc describes more samples than the {sizes.count} in stsz")
-        starts = range(sample, sample + runs * per_chunk, per_chunk) if per_chunk else repeat(sample, runs)
-        out_first.extend(starts)
-        if prefix is None:
-            out_sizes.extend(repeat(per_chunk * sizes.constant, runs))
-        elif per_chunk:
-            ends = prefix[sample + per_chunk: sample + (runs + 1) * per_chunk: per_chunk]
-            begins = prefix[sample: sample + runs * per_chunk: per_chunk]
-            out_sizes.extend(map(int.__sub__, ends, begins))
-        else:
-            out_sizes.extend(repeat(0, runs))
-        sample += runs * per_chunk
-    if len(out_sizes) != chunk_count:
-        raise MalformedMedia(f"stsc covers {len(out_sizes)} of {chunk_count} chunks")
-    return out_sizes, out_first
+    following = np.append(first_chunk[1:], chunk_count + 1)
+    runs = np.clip(np.minimum(following, chunk_count + 1) - first_chunk, 0, None)
+    if int(np.dot(runs, per_chunk.astype(np.float64))) > sizes.count:  # float: no overflow on hostile counts
+        raise MalformedMedia(f"stsc describes more samples than the {sizes.count} in stsz")
+    samples = np.repeat(per_chunk, runs)
+    ends = np.cumsum(samples)
+    if ends[-1] > sizes.count:
+        raise MalformedMedia(f"stsc describes more samples than the {sizes.count} in stsz")
+    starts = ends - samples
+    if sizes.sizes is None:
+        return samples * sizes.constant, starts
+    prefix = np.zeros(sizes.count + 1, np.int64)
+    np.cumsum(np.frombuffer(sizes.sizes, np.uint32), out=prefix[1:])
+    return prefix[ends] - prefix[starts], starts
+
+
+def chunk_sizes(stsc: list[tuple[int, int]], chunk_count: int, sizes: SampleSizes) -> tuple[list[int], list[int]]:
+    """:func:`chunk_layout` for callers holding ``stsc`` as (first_chunk, samples_per_chunk) pairs."""
+    columns = np.array(stsc, np.int64).reshape(-1, 2)
+    chunk_bytes, starts = chunk_layout((columns[:, 0], columns[:, 1]), chunk_count, sizes)
+    return chunk_bytes.tolist(), starts.tolist()

@@ -7,13 +7,14 @@ needed (the video is dropped), which keeps planning fast on long movies.
 from __future__ import annotations
 
 import struct
-from array import array
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..errors import MalformedMedia
 from ..limits import Limits
 from .boxes import Box, child_path, full_box_version, iter_children, only_child
-from .tables import SampleSizes, chunk_offsets, chunk_sizes, sample_to_chunk
+from .tables import SampleSizes, chunk_layout, chunk_offsets, stsc_columns
 
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -38,10 +39,11 @@ class Track:
     #: The stbl box holding the sample tables, and its chunk offset box (stco or co64).
     stbl: Box | None = None
     offsets_box: Box | None = None
-    #: Source offset, byte size and first sample index of every chunk (audio tracks only).
-    chunk_offsets: array = field(default_factory=lambda: array("Q"))
-    chunk_sizes: list[int] = field(default_factory=list)
-    chunk_first_sample: list[int] = field(default_factory=list)
+    #: Source offset, byte size and first sample index of every chunk (audio tracks only),
+    #: as int64 numpy arrays: long movies have hundreds of thousands of chunks.
+    chunk_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    chunk_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    chunk_first_sample: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def is_audio(self) -> bool:
@@ -131,9 +133,9 @@ def _read_audio_tables(data: bytes | memoryview, mdia: Box, track: Track, limits
     track.sample_count = sizes.count
     track.offsets_box = offset_boxes[0]
     offsets = chunk_offsets(data, offset_boxes[0], limits.max_table_entries)
-    stsc = sample_to_chunk(data, found[b"stsc"][0], limits.max_table_entries)
-    track.chunk_sizes, track.chunk_first_sample = chunk_sizes(stsc, len(offsets), sizes)
-    track.chunk_offsets = offsets if offsets.typecode == "Q" else array("Q", offsets)
+    stsc = stsc_columns(data, found[b"stsc"][0], limits.max_table_entries)
+    track.chunk_sizes, track.chunk_first_sample = chunk_layout(stsc, len(offsets), sizes)
+    track.chunk_offsets = np.frombuffer(offsets, np.uint64 if offsets.typecode == "Q" else np.uint32).astype(np.int64)
 
 
 def _first_sample_entry(data: bytes | memoryview, stsd: Box) -> str:
