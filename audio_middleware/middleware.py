@@ -16,12 +16,14 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable
 from itertools import chain
 from urllib.parse import parse_qsl, urlencode
 
 from werkzeug.datastructures import ContentRange, Headers
 from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header, parse_options_header, remove_entity_headers
+from werkzeug.wsgi import FileWrapper
 
 from .body import ClosingBody, close_quietly
 from .cache import PlanCache
@@ -29,8 +31,9 @@ from .emit import DEFAULT_BLOCK, iter_plan_bytes
 from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsRandomAccess, UnsupportedMedia
 from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
-from .plan import LazyPlan, Plan
+from .plan import LazyPlan, Plan, Span
 from .rendition import Validators, answer_range, not_modified, validators_for
+from .renditions import Hit, RenditionStore
 from .sniff import Container, by_content_type, by_signature
 from .sources import FileSource, RangeSource, SequentialSource, Source, spool
 from .upstream import CaptureFileWrapper, Upstream
@@ -66,13 +69,18 @@ class AudioOnlyMiddleware:
     :param range_subrequests: allow internal Range sub-requests to an app that advertises
         ``Accept-Ranges: bytes`` when random access is needed.
     :param limits: all parsing limits at once (overrides ``max_moov_size``/``spool_limit``).
+    :param rendition_cache: a directory where complete renditions are kept after their first
+        full download and served from then on with the server's ``wsgi.file_wrapper``
+        (sendfile); ``None`` (the default) disables it. See :mod:`audio_middleware.renditions`.
+    :param rendition_cache_bytes: bound of the total size of that directory's renditions.
     """
 
     def __init__(self, app: Callable, *, param: str = "ali_audio_only", range_policy: str = "serve",
                  max_moov_size: int = 64 * MiB, spool_limit: int = 2 * GiB, track_param: str | None = "audio_track",
                  start_param: str | None = "start", end_param: str | None = "end", cache_entries: int = 256,
                  cache_bytes: int = 64 * MiB, block_size: int = DEFAULT_BLOCK, range_subrequests: bool = True,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, rendition_cache: str | os.PathLike | None = None,
+                 rendition_cache_bytes: int = GiB) -> None:
         if range_policy not in RANGE_POLICIES:
             raise ValueError(f"range_policy must be one of {RANGE_POLICIES}, not {range_policy!r}")
         self.app = app
@@ -85,6 +93,7 @@ class AudioOnlyMiddleware:
         self.range_subrequests = range_subrequests
         self.limits = limits or Limits(max_moov_size=max_moov_size, spool_limit=spool_limit)
         self.cache = PlanCache(cache_entries, cache_bytes)
+        self.renditions = None if rendition_cache is None else RenditionStore(rendition_cache, rendition_cache_bytes)
         self._own_params = {name for name in (param, track_param, start_param, end_param) if name}
 
     # -- entry point ---------------------------------------------------------------------------
@@ -163,8 +172,16 @@ class AudioOnlyMiddleware:
             start_response("304 Not Modified", base_headers.to_wsgi_list())
             return []
 
+        stored_as = None
+        if self.renditions is not None and validators.strong:
+            stored_as = _store_tag(environ, upstream_environ, validators)
+            hit = self.renditions.find(stored_as)
+            if hit is not None:
+                return self._send_stored(environ, start_response, upstream, source, hit, base_headers, validators,
+                                         head)
+
         plan, source = self._plan(found, source, upstream, upstream_environ, selection, validators, environ)
-        return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head)
+        return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head, stored_as)
 
     def _initial_source(self, upstream: Upstream) -> Source:
         served = upstream.served_file
@@ -235,7 +252,9 @@ class AudioOnlyMiddleware:
         return headers
 
     def _send(self, environ: dict, start_response: Callable, upstream: Upstream, source: Source,
-              plan: Plan | LazyPlan, headers: Headers, validators: Validators, head: bool) -> Iterable[bytes]:
+              plan: Plan | LazyPlan, headers: Headers, validators: Validators, head: bool,
+              stored_as: str | None = None) -> Iterable[bytes]:
+        """Answer from the plan; ``stored_as``: the rendition store's tag (a full 200 is copied there)."""
         headers["Content-Type"] = plan.content_type
         status = "200 OK"
         if isinstance(plan, LazyPlan):
@@ -246,26 +265,68 @@ class AudioOnlyMiddleware:
                 raise _Unsatisfiable(None)
             headers["Accept-Ranges"] = "none"
         else:
-            pieces = plan.pieces
-            length = plan.length
-            if self.range_policy != "ignore" and environ.get("HTTP_RANGE"):
-                answer = answer_range(environ, length, validators)
-                if self.range_policy == "reject" or not answer.satisfiable:
-                    raise _Unsatisfiable(length)
-                if answer.partial:
-                    status = "206 Partial Content"
-                    pieces = plan.slice(answer.start, answer.stop)
-                    headers["Content-Range"] = ContentRange("bytes", answer.start, answer.stop, length).to_header()
-                    length = answer.stop - answer.start
-            headers["Content-Length"] = str(length)
-            headers["Accept-Ranges"] = "bytes" if self.range_policy == "serve" else "none"
+            status, start, stop = self._sized(environ, headers, plan.length, validators)
+            pieces = plan.pieces if status == "200 OK" else plan.slice(start, stop)
             _release(source)
         start_response(status, headers.to_wsgi_list())
         if head:
             close_quietly(upstream)
             source.close()
             return []
-        return ClosingBody(iter_plan_bytes(pieces, source, self.block_size), source.close, upstream.close)
+        chunks = iter_plan_bytes(pieces, source, self.block_size)
+        if self.renditions is not None and stored_as is not None and isinstance(plan, Plan) and status == "200 OK":
+            # A full download is copied into the store while it streams; published only if it completes.
+            fill = self.renditions.filler((stored_as, plan.length), plan.content_type)
+            if fill is not None:
+                chunks = fill.tee(chunks)
+        return ClosingBody(chunks, source.close, upstream.close)
+
+    def _sized(self, environ: dict, headers: Headers, length: int, validators: Validators) -> tuple[str, int, int]:
+        """Status and output bytes ``[start, stop)`` for a rendition of known ``length`` (Range applied).
+
+        Sets Content-Length, Content-Range and Accept-Ranges; an unsatisfiable or rejected range raises.
+        """
+        status, start, stop = "200 OK", 0, length
+        if self.range_policy != "ignore" and environ.get("HTTP_RANGE"):
+            answer = answer_range(environ, length, validators)
+            if self.range_policy == "reject" or not answer.satisfiable:
+                raise _Unsatisfiable(length)
+            if answer.partial:
+                status, start, stop = "206 Partial Content", answer.start, answer.stop
+                headers["Content-Range"] = ContentRange("bytes", start, stop, length).to_header()
+        headers["Content-Length"] = str(stop - start)
+        headers["Accept-Ranges"] = "bytes" if self.range_policy == "serve" else "none"
+        return status, start, stop
+
+    def _send_stored(self, environ: dict, start_response: Callable, upstream: Upstream, source: Source, hit: Hit,
+                     headers: Headers, validators: Validators, head: bool) -> Iterable[bytes]:
+        """Answer from the rendition store: no plan, no span reads, the same headers as a planned answer.
+
+        The whole rendition goes out through the server's own ``wsgi.file_wrapper`` (sendfile under
+        gunicorn); a range is read from the stored file. The upstream is closed at once: it gave
+        the validators, and its body is not needed.
+        """
+        try:
+            headers["Content-Type"] = hit.content_type
+            status, start, stop = self._sized(environ, headers, hit.length, validators)
+            start_response(status, headers.to_wsgi_list())
+            if head:
+                hit.file.close()
+                body: Iterable[bytes] = []
+            elif status == "200 OK":
+                wrapper = environ.get("wsgi.file_wrapper") or FileWrapper
+                body = wrapper(hit.file, self.block_size)
+            else:
+                stored = FileSource(hit.file, size=hit.length, owned=True)
+                body = ClosingBody(iter_plan_bytes((Span(start, stop - start),), stored, self.block_size),
+                                   stored.close)
+        except BaseException:
+            hit.file.close()
+            raise
+        # Nothing can fail after this point, so __call__ never closes the upstream a second time.
+        close_quietly(upstream)
+        source.close()
+        return body
 
     def _error(self, environ: dict, start_response: Callable, error: AudioExtractionError) -> Iterable[bytes]:
         status = error.http_status
@@ -307,6 +368,13 @@ def _seconds(raw: str | None, name: str | None) -> float | None:
 def _encoded(headers: Headers) -> bool:
     encoding = headers.get("Content-Encoding", "identity").strip().lower()
     return encoding not in ("", "identity")
+
+
+def _store_tag(environ: dict, upstream_environ: dict, validators: Validators) -> str:
+    """The rendition store's tag: the strong ETag, scoped to the resource (an ETag is only unique per URL)."""
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
+    return f"{validators.etag} {host.lower()}{path}?{upstream_environ['QUERY_STRING']}"
 
 
 def _tell(fileobj: object) -> int:

@@ -147,11 +147,15 @@ def children(pid: int) -> list[int]:
 
 
 class Server:
-    """``gunicorn -k gthread`` serving :func:`bench.apps.make_app` on 127.0.0.1 at a free port."""
+    """``gunicorn -k gthread`` serving :func:`bench.apps.make_server_app` on 127.0.0.1 at a free port.
+
+    With ``store`` (a directory), ``/stored/...`` is served by a middleware with that rendition store.
+    """
 
     def __init__(self, media_dir: pathlib.Path, *, workers: int = 1, threads: int = 4,
-                 log_path: pathlib.Path | None = None) -> None:
+                 log_path: pathlib.Path | None = None, store: pathlib.Path | None = None) -> None:
         self.media_dir = media_dir
+        self.store = store
         self.workers = workers
         self.threads = threads
         self.log_path = log_path or media_dir / "gunicorn.log"
@@ -166,7 +170,8 @@ class Server:
         return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", str(self.workers),
                 "--threads", str(self.threads), "--bind", f"127.0.0.1:{self.port}", "--timeout", "600",
                 "--keep-alive", "120", "--log-level", "warning", "--pythonpath", str(REPO),
-                f"bench.apps:make_app({str(self.media_dir)!r})"]
+                f"bench.apps:make_server_app({str(self.media_dir)!r}, "
+                f"{str(self.store) if self.store is not None else None!r})"]
 
     def start(self, timeout: float = 30) -> Server:
         for _attempt in range(3):

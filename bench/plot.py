@@ -19,10 +19,11 @@ def plot(results: dict, path: pathlib.Path) -> None:
 
     labels = [f"{row['input']} ({row['kind']})" for row in ratios]
     series = (("vs_whole", "ours / whole video", "#4c72b0"), ("vs_floor", "ours / plain audio file", "#55a868"),
+              ("stored_vs_floor", "from the rendition store / plain audio file", "#8172b2"),
               ("vs_ffmpeg", "ours / ffmpeg -vn -c:a copy", "#c44e52"))
-    height = 0.26
+    height = 0.2
     for offset, (key, name, color) in enumerate(series):
-        ys = [index + (offset - 1) * height for index in range(len(ratios))]
+        ys = [index + (offset - 1.5) * height for index in range(len(ratios))]
         values = [row.get(key) or 0 for row in ratios]
         left.barh(ys, values, height=height, label=name, color=color)
     left.axvline(1.0, color="black", linewidth=1)

@@ -53,6 +53,10 @@ def ratios(results: dict) -> list[dict]:
                 "vs_ffmpeg": _div(ours, ffmpeg),
                 "input_MBps": _div(size, ours) and _div(size, ours) / 1e6,
                 "audio_bytes": _get(entry, "flagged", "bytes"),
+                "stored_s": _get(entry, "stored", "total_s"), "stored_ttfb_s": _get(entry, "stored", "ttfb_s"),
+                "fill_s": _get(entry, "stored_fill", "total_s"),
+                "stored_vs_floor": _div(_get(entry, "stored", "total_s"), _get(entry, "floor", "total_s")),
+                "stored_vs_whole": _div(_get(entry, "stored", "total_s"), _get(entry, "whole", "total_s")),
             })
     return rows
 
@@ -73,6 +77,16 @@ def targets(results: dict) -> list[dict]:
                      _div(big.get("whole_s"), big.get("ours_s")), "x", ">=", 30))
     rows.append(_row("vs_floor/big_mp4/file", "600 MB file-backed: flagged / plain audio-sized file",
                      big.get("vs_floor"), "x", "<=", 1.3))
+    if big.get("stored_s") is not None:
+        rows.append(_row("speedup_vs_whole_stored/big_mp4/file", "600 MB file-backed, from the rendition store: "
+                         "whole download / flagged", _div(big.get("whole_s"), big.get("stored_s")), "x", ">=", 30))
+        rows.append(_row("vs_floor_stored/big_mp4/file", "600 MB file-backed, from the rendition store: flagged / "
+                         "plain audio-sized file", big.get("stored_vs_floor"), "x", "<=", 1.3))
+    movie = table.get(("movie_front", "file"), {})
+    if movie.get("stored_s") is not None:
+        rows.append(_row("vs_floor_stored/movie_front/file", "2-hour movie file-backed, from the rendition store: "
+                         "flagged / plain audio-sized file", movie.get("stored_vs_floor"), "x", "<=", 1.3,
+                         required=False))
     for name in ("movie_front", "big_mp4"):
         rows.append(_row(f"vs_ffmpeg/{name}/file", f"{name} file-backed: flagged download / ffmpeg -vn -c:a copy",
                          table.get((name, "file"), {}).get("vs_ffmpeg"), "x", "<=", 1.0))
@@ -95,6 +109,11 @@ def targets(results: dict) -> list[dict]:
     for name, entry in (results.get("concurrency") or {}).items():
         rows.append(_row(f"concurrency/{name}", f"{entry['clients']} concurrent flagged / plain audio-file "
                          f"downloads ({name})", entry.get("ratio"), "x", ">=", 0.8, required=name == "big_mp4"))
+    for name, entry in (results.get("concurrency") or {}).items():
+        if entry.get("stored_ratio") is not None:
+            rows.append(_row(f"concurrency_stored/{name}", f"{entry['clients']} concurrent flagged from the rendition "
+                             f"store / plain audio-file downloads ({name})", entry["stored_ratio"], "x", ">=", 0.8,
+                             required=name == "big_mp4"))
     return rows
 
 
@@ -137,15 +156,19 @@ def target_lines(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def ratio_lines(results: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["input", "source", "audio MB", "ours ms (ttfb)", "cold ms (ttfb)", "whole ms", "floor ms", "ffmpeg ms",
-              "ours/whole", "ours/floor", "ours/ffmpeg", "input MB/s"]
+    header = ["input", "source", "audio MB", "ours ms (ttfb)", "cold ms (ttfb)", "stored ms (ttfb)", "fill ms",
+              "whole ms", "floor ms", "ffmpeg ms", "ours/whole", "ours/floor", "stored/floor", "ours/ffmpeg",
+              "input MB/s"]
     body = []
     for row in results.get("ratios", []):
+        stored = "-" if row.get("stored_s") is None else f"{_ms(row['stored_s'])} ({_ms(row['stored_ttfb_s'])})"
         body.append([row["input"], row["kind"], _fmt(row["audio_bytes"] and row["audio_bytes"] / 1e6),
                      f"{_ms(row['ours_s'])} ({_ms(row['ours_ttfb_s'])})",
-                     f"{_ms(row['cold_s'])} ({_ms(row['cold_ttfb_s'])})", _ms(row["whole_s"]), _ms(row["floor_s"]),
-                     _ms(row["ffmpeg_s"]), _fmt(row["vs_whole"]), _fmt(row["vs_floor"]), _fmt(row["vs_ffmpeg"]),
-                     _fmt(row["input_MBps"])])
+                     f"{_ms(row['cold_s'])} ({_ms(row['cold_ttfb_s'])})", stored,
+                     "-" if row.get("fill_s") is None else _ms(row["fill_s"]), _ms(row["whole_s"]),
+                     _ms(row["floor_s"]), _ms(row["ffmpeg_s"]), _fmt(row["vs_whole"]), _fmt(row["vs_floor"]),
+                     "-" if row.get("stored_vs_floor") is None else _fmt(row["stored_vs_floor"]),
+                     _fmt(row["vs_ffmpeg"]), _fmt(row["input_MBps"])])
     return header, body
 
 
@@ -192,8 +215,11 @@ def markdown(results: dict, plot: pathlib.Path | None, relative_to: pathlib.Path
              "Through gunicorn (gthread, 1 worker, 4 threads) on 127.0.0.1, client `requests` with `stream=True` "
              "and 1 MiB `iter_content`. *ours*: flagged download with the plan cached (ttfb = first body byte); "
              "*cold*: same with a cache-busting query parameter (moov parsed and planned in the request); "
-             "*whole*: the same URL without the flag; *floor*: our saved audio output served plainly by the same "
-             "app (the physical floor for our bytes); *ffmpeg*: `ffmpeg -y -i IN -vn -c:a copy OUT` to local "
+             "*stored*: the same flagged download through a middleware with a rendition store "
+             "(`rendition_cache`), served from the stored rendition with the server's `wsgi.file_wrapper`; "
+             "*fill*: the first full download into an empty store (plan cached, every block also written to the "
+             "store); *whole*: the same URL without the flag; *floor*: our saved audio output served plainly by "
+             "the same app (the physical floor for our bytes); *ffmpeg*: `ffmpeg -y -i IN -vn -c:a copy OUT` to local "
              "disk. *file* = Flask `send_file`; *stream* = generator app yielding 64 KiB blocks (forward-only).",
              "", _markdown(*ratio_lines(results)), ""]
     if plot is not None and plot.exists():
@@ -239,14 +265,16 @@ def _details(results: dict) -> list[str]:
                   "A fresh gunicorn worker per input and source kind. Peak extra RSS = VmHWM during the request "
                   "(reset through clear_refs) minus VmRSS before it, in MiB: *first* = the worker's first flagged "
                   "request (plans on an empty cache), *warm* = worst of the cached-plan requests, *cold* = worst of "
-                  "the cache-busting requests (each adds a plan to the cache).", "",
-                  "| input | source | worker RSS at start | first | warm | cold | worker RSS at end |",
-                  "|---|---|---|---|---|---|---|"]
+                  "the cache-busting requests (each adds a plan to the cache), *fill* / *stored* = worst of the "
+                  "requests filling / served from the rendition store.", "",
+                  "| input | source | worker RSS at start | first | warm | cold | fill | stored | worker RSS at end |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, kinds in rss["per_request"].items():
             for kind, entry in kinds.items():
                 lines.append(f"| {name} | {kind} | {_fmt(entry.get('worker_start_MB'))} | "
                              f"{_fmt(entry.get('first_extra_MB'))} | {_fmt(entry.get('warm_extra_MB'))} | "
-                             f"{_fmt(entry.get('cold_extra_MB'))} | {_fmt(entry.get('worker_end_MB'))} |")
+                             f"{_fmt(entry.get('cold_extra_MB'))} | {_stored_mb(entry, 'fill')} | "
+                             f"{_stored_mb(entry, 'stored')} | {_fmt(entry.get('worker_end_MB'))} |")
     drift = rss.get("drift")
     if drift:
         lines += ["", f"{drift['requests']} sequential flagged requests ({', '.join(drift['inputs'])}, file-backed) "
@@ -258,16 +286,26 @@ def _details(results: dict) -> list[str]:
         first = next(iter(conc.values()))
         lines += ["", "### Concurrency", "",
                   f"{first['clients']} client threads, {first['per_thread']} download(s) each per round, gunicorn "
-                  f"gthread {first['workers']} workers x {first['threads']} threads; aggregate MB/s of body bytes.",
-                  "", "| input | flagged MB/s | plain audio file MB/s | ratio |", "|---|---|---|---|"]
+                  f"gthread {first['workers']} workers x {first['threads']} threads; aggregate MB/s of body bytes. "
+                  "*stored*: the flagged downloads through the middleware with a rendition store (filled by the "
+                  "warm-up round).",
+                  "", "| input | flagged MB/s | stored MB/s | plain audio file MB/s | flagged/plain | stored/plain |",
+                  "|---|---|---|---|---|---|"]
         for name, entry in conc.items():
-            lines.append(f"| {name} | {_fmt(entry['flagged']['MBps'])} | {_fmt(entry['plain']['MBps'])} | "
-                         f"{_fmt(entry['ratio'])} |")
+            stored = _get(entry, "stored", "MBps")
+            lines.append(f"| {name} | {_fmt(entry['flagged']['MBps'])} | {'-' if stored is None else _fmt(stored)} | "
+                         f"{_fmt(entry['plain']['MBps'])} | {_fmt(entry['ratio'])} | "
+                         f"{'-' if entry.get('stored_ratio') is None else _fmt(entry['stored_ratio'])} |")
     ffmpeg = results.get("ffmpeg") or {}
     if ffmpeg:
         lines += ["", "ffmpeg output sizes (MB): " + ", ".join(f"{k} {v['bytes'] / 1e6:.1f}"
                                                                 for k, v in ffmpeg.items())]
     return lines
+
+
+def _stored_mb(entry: dict, key: str) -> str:
+    value = entry.get(f"{key}_extra_MB")
+    return "-" if value is None else _fmt(value)
 
 
 def update_markdown(results: dict, path: pathlib.Path, plot: pathlib.Path | None) -> None:

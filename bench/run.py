@@ -14,10 +14,14 @@ warm-up; all inputs sit in the page cache, as a busy server's files do):
    source kinds (``/file/``: Flask ``send_file``; ``/stream/``: generator of
    64 KiB blocks), time to first byte and total time of the flagged download
    (plan cached and cold), the same URL without the flag (the whole video), and
-   the saved audio file served plainly (the floor); worker peak extra RSS of
-   every flagged request; then ``--rss-requests`` sequential flagged requests;
+   the saved audio file served plainly (the floor); for ``/file/``, the same
+   flagged download through a middleware with a rendition store
+   (``rendition_cache``): filling it (first full download, plan cached) and
+   served from it; worker peak extra RSS of every flagged request; then
+   ``--rss-requests`` sequential flagged requests;
 5. concurrency (gunicorn, ``--workers`` workers): ``--concurrency`` simultaneous
-   flagged downloads vs as many plain downloads of the audio-sized file.
+   flagged downloads (without and with the rendition store) vs as many plain
+   downloads of the audio-sized file.
 
 Results: a table of ratios against the issue's targets on stdout, JSON, and
 (full run) ``BENCHMARKS.md`` + ``bench/ratios.png``.
@@ -195,6 +199,19 @@ class Bench:
 
         return make_app(str(self.cache))
 
+    @property
+    def store(self) -> pathlib.Path:
+        """The rendition store of the ``/stored`` routes (emptied before each use)."""
+        return self.cache / "renditions"
+
+    def clear_store(self) -> None:
+        from audio_middleware.renditions import RenditionStore
+
+        RenditionStore(self.store).clear()
+
+    def stored_files(self) -> int:
+        return len([name for name in os.listdir(self.store) if name.endswith(".audio")])
+
     # -- 1. inputs -----------------------------------------------------------------------------
 
     def make_inputs(self) -> None:
@@ -335,7 +352,8 @@ class Bench:
         self.results.setdefault("rss", {"per_request": {}})
         # A fresh worker for every input and source kind, so that each one's memory is measured from a clean
         # start (its first flagged request plans cold on an empty plan cache).
-        shared = None if self.args.fresh_worker else Server(self.cache, workers=1, threads=4).start()
+        self.clear_store()
+        shared = None if self.args.fresh_worker else Server(self.cache, workers=1, threads=4, store=self.store).start()
         try:
             for inp in self.inputs.values():
                 entry = out.setdefault(inp.name, {})
@@ -355,7 +373,7 @@ class Bench:
                 shared.stop()
 
     def _http_fresh(self, inp: Input, kind: str) -> dict:
-        with Server(self.cache, workers=1, threads=4) as server:
+        with Server(self.cache, workers=1, threads=4, store=self.store) as server:
             return self._http_one(server, inp, kind)
 
     def _http_one(self, server: Server, inp: Input, kind: str) -> dict:
@@ -368,7 +386,7 @@ class Bench:
         base = f"{server.url}/{kind}/{inp.path.name}"
         result: dict = {}
         if inp.name not in self.results["unavailable"]:
-            peaks: dict[str, list[int]] = {"first": [], "warm": [], "cold": []}
+            peaks: dict[str, list[int]] = {"first": [], "warm": [], "cold": [], "fill": [], "stored": []}
             start_rss = status_kb(worker, "VmRSS") * 1024
 
             def flagged(url: str, key: str) -> measure.Fetch:
@@ -382,15 +400,32 @@ class Bench:
             result["flagged"] = summarize([flagged(f"{base}?{FLAG}", "warm") for _ in range(self.repeats)])
             result["flagged_cold"] = summarize([flagged(f"{base}?{FLAG}&bench_nocache={uuid.uuid4().hex}", "cold")
                                                 for _ in range(self.repeats)])
+            if kind == "file":
+                result.update(self._stored(server, inp, flagged))
             self.results["rss"]["per_request"].setdefault(inp.name, {})[kind] = {
                 "worker_start_MB": start_rss / MiB, "worker_end_MB": status_kb(worker, "VmRSS") * 1024 / MiB,
-                **{f"{key}_extra_MB": max(values) / MiB for key, values in peaks.items()}}
+                **{f"{key}_extra_MB": max(values) / MiB for key, values in peaks.items() if values}}
             floor_url = f"{server.url}/{kind}/{self.audio[inp.name].name}"
             fetch(session, floor_url)
             result["floor"] = summarize([fetch(session, floor_url) for _ in range(self.repeats)])
         fetch(session, base)
         result["whole"] = summarize([fetch(session, base) for _ in range(self.repeats)])
         return result
+
+    def _stored(self, server: Server, inp: Input, flagged: Callable[[str, str], measure.Fetch]) -> dict:
+        """The flagged download through the middleware with a rendition store: filling it, then served from it."""
+        url = f"{server.url}/stored/file/{inp.path.name}?{FLAG}"
+        fills = []
+        for _ in range(self.repeats + 1):  # the first also plans (the /stored middleware has its own plan cache)
+            self.clear_store()
+            fills.append(flagged(url, "fill"))
+            if self.stored_files() != 1:
+                raise RuntimeError(f"{inp.name}: a full flagged download did not fill the rendition store")
+        hits = [flagged(url, "stored") for _ in range(self.repeats)]
+        if self.stored_files() != 1 or any(hit.nbytes != fills[0].nbytes for hit in hits):
+            raise RuntimeError(f"{inp.name}: downloads from the rendition store differ from the fill")
+        self.clear_store()
+        return {"stored_fill": summarize(fills[1:]), "stored": summarize(hits)}
 
     def rss_drift(self, server: Server, worker: int) -> None:
         """Worker RSS over many sequential flagged requests: it must stay flat."""
@@ -430,23 +465,32 @@ class Bench:
         picks = [inp for inp in self.available()
                  if inp.spec.role == "big" or (inp.name == "movie_front" and self.args.set == "full")]
         rounds = min(self.repeats, 3 if self.args.set == "full" else 2)
-        with Server(self.cache, workers=workers, threads=threads) as server:
+        self.clear_store()
+        with Server(self.cache, workers=workers, threads=threads, store=self.store) as server:
             for inp in picks:
                 ours_url = f"{server.url}/file/{inp.path.name}?{FLAG}"
+                stored_url = f"{server.url}/stored/file/{inp.path.name}?{FLAG}"
                 plain_url = f"{server.url}/file/{self.audio[inp.name].name}"
                 entry: dict = {"clients": count, "per_thread": self.args.per_thread, "workers": workers,
                                "threads": threads}
-                for name, url in (("flagged", ours_url), ("plain", plain_url)):
-                    measure.concurrent_downloads([url] * count, 1)  # warm-up: plans cached in every worker
+                for name, url in (("flagged", ours_url), ("stored", stored_url), ("plain", plain_url)):
+                    # warm-up: plans cached in every worker; for "stored", the first full download fills the store
+                    before = self.stored_files()
+                    measure.concurrent_downloads([url] * count, 1)
+                    if name == "stored" and self.stored_files() != before + 1:
+                        raise RuntimeError(f"{inp.name}: concurrent flagged downloads did not fill the store")
                     samples = [measure.concurrent_downloads([url] * count, self.args.per_thread)
                                for _ in range(rounds)]
                     entry[name] = {"MBps": median(s["MBps"] for s in samples),
                                    "latency_median_s": median(s["latency_median_s"] for s in samples),
                                    "MBps_samples": [round(s["MBps"], 1) for s in samples]}
                 entry["ratio"] = entry["flagged"]["MBps"] / entry["plain"]["MBps"]
+                entry["stored_ratio"] = entry["stored"]["MBps"] / entry["plain"]["MBps"]
                 out[inp.name] = entry
-                log(f"  {inp.name}: flagged {entry['flagged']['MBps']:.0f} MB/s, plain audio file "
-                    f"{entry['plain']['MBps']:.0f} MB/s -> {entry['ratio']:.2f}")
+                log(f"  {inp.name}: flagged {entry['flagged']['MBps']:.0f} MB/s, from the rendition store "
+                    f"{entry['stored']['MBps']:.0f} MB/s, plain audio file {entry['plain']['MBps']:.0f} MB/s "
+                    f"-> {entry['ratio']:.2f} / {entry['stored_ratio']:.2f}")
+        self.clear_store()
 
     # -- all -----------------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 ``AM_MEDIA_DIR``: folder of media files; ``AM_CLOSE_LOG``: file that gets one
 line per upstream ``close()`` (the worker is another process, so a file is how
-the test sees it). Routes (the middleware wraps them all):
+the test sees it); ``AM_RENDITION_CACHE``: when set, the middleware's
+``rendition_cache`` directory. Routes (the middleware wraps them all):
 
 - ``/file/NAME``: werkzeug ``send_file`` (file-backed, uses ``wsgi.file_wrapper``);
 - ``/stream/NAME``: forward-only generator body in 64 KiB chunks, with Content-Length;
@@ -22,6 +23,7 @@ from audio_middleware import AudioOnlyMiddleware
 
 MEDIA = pathlib.Path(os.environ.get("AM_MEDIA_DIR", "."))
 CLOSE_LOG = os.environ.get("AM_CLOSE_LOG")
+RENDITION_CACHE = os.environ.get("AM_RENDITION_CACHE") or None
 TYPES = {".mp4": "video/mp4", ".flv": "video/x-flv", ".mov": "video/quicktime"}
 
 
@@ -69,4 +71,4 @@ def media_app(environ, start_response):
 
 
 # Small blocks, so that a short source is found after the first body bytes went out.
-app = AudioOnlyMiddleware(media_app, block_size=4096)
+app = AudioOnlyMiddleware(media_app, block_size=4096, rendition_cache=RENDITION_CACHE)

@@ -1,0 +1,652 @@
+"""The rendition store (``rendition_cache``): fill on the first full download, serve later ones from disk.
+
+Every audio output is still checked with the PyAV oracle; "it was a hit" is proved
+by what the upstream had to give (a file object without ``fileno()`` counts every
+byte read, a generator counts every byte it yielded) and by the store's counters.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import threading
+import time
+
+import pytest
+from webtest import TestApp
+
+from audio_middleware import AudioOnlyMiddleware
+from audio_middleware.renditions import RenditionStore
+
+from .apps import FileApp, GeneratorApp
+from .conftest import media_toolkit
+
+FLAG = "ali_audio_only=1"
+
+
+def call(app, query=FLAG, method="GET", **environ):
+    """Call a WSGI app directly: (status, headers list, body bytes), body closed."""
+    seen = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = status, list(headers)
+
+    base = {"REQUEST_METHOD": method, "QUERY_STRING": query, "PATH_INFO": "/v.mp4", "SERVER_NAME": "x",
+            "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    result = app({**base, **environ}, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return seen["status"], seen["headers"], body
+
+
+def listing(directory):
+    return sorted(os.listdir(directory))
+
+
+def stored(directory):
+    return [name for name in listing(directory) if name.endswith(".audio")]
+
+
+def temporary(directory):
+    return [name for name in listing(directory) if name.startswith(".")]
+
+
+def without_dates(headers):
+    return [(name, value) for name, value in headers if name not in ("Date", "Expires")]
+
+
+class CountingFile:
+    """A file object without fileno(): every byte read goes through read() and is counted."""
+
+    def __init__(self, path):
+        self._file = open(path, "rb")
+        self.bytes_read = 0
+        self.closes = 0
+
+    def read(self, size=-1):
+        data = self._file.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def seek(self, *args):
+        return self._file.seek(*args)
+
+    def tell(self):
+        return self._file.tell()
+
+    def close(self):
+        self.closes += 1
+        self._file.close()
+
+
+class CountingApp:
+    """Serves ``path`` through ``wsgi.file_wrapper`` over a CountingFile; keeps every file it opened."""
+
+    def __init__(self, path, etag='"v1"', content_type="video/mp4"):
+        self.path = path
+        self.etag = etag
+        self.content_type = content_type
+        self.opened: list[CountingFile] = []
+
+    def __call__(self, environ, start_response):
+        counting = CountingFile(self.path)
+        self.opened.append(counting)
+        headers = [("Content-Type", self.content_type), ("Content-Length", str(self.path.stat().st_size)),
+                   ("Last-Modified", "Wed, 21 Oct 2026 07:28:00 GMT")]
+        if self.etag:
+            headers.append(("ETag", self.etag))
+        start_response("200 OK", headers)
+        return environ["wsgi.file_wrapper"](counting, 8192)
+
+
+# -- a miss fills, the next request is a hit -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mp4_faststart", "video_heavy", "flv_aac"])
+def test_miss_fills_and_the_hit_reads_only_the_sniff(media, video_heavy, tmp_path, kind):
+    path = video_heavy if kind == "video_heavy" else media(kind)
+    app = CountingApp(path, content_type="video/x-flv" if path.suffix == ".flv" else "video/mp4")
+    middleware = AudioOnlyMiddleware(app, rendition_cache=tmp_path / "store")
+    store = middleware.renditions
+
+    status, headers, first = call(middleware)
+    assert status == "200 OK"
+    assert (store.hits, store.misses, store.fills) == (0, 1, 1)
+    assert app.opened[0].bytes_read > 1000
+    assert len(stored(tmp_path / "store")) == 1 and not temporary(tmp_path / "store")
+    assert (tmp_path / "store" / stored(tmp_path / "store")[0]).read_bytes() == first
+
+    status2, headers2, second = call(middleware)
+    assert status2 == "200 OK" and second == first
+    assert without_dates(headers2) == without_dates(headers)
+    assert (store.hits, store.fills) == (1, 1)
+    assert app.opened[1].bytes_read == 16  # the sniff: no moov, no span was read
+    assert [f.closes for f in app.opened] == [1, 1]
+    media_toolkit.assert_audio_identical(path, second)
+
+
+def test_hit_needs_no_plan_a_fresh_middleware_on_the_same_directory_hits(video_heavy, tmp_path):
+    """A new worker (empty plan cache) finds the rendition from its ETag: the moov at the end is not read."""
+    app = CountingApp(video_heavy)
+    call(AudioOnlyMiddleware(app, rendition_cache=tmp_path))
+    fresh = AudioOnlyMiddleware(app, rendition_cache=tmp_path)
+    _, _, body = call(fresh)
+    assert fresh.renditions.hits == 1 and len(fresh.cache) == 0
+    assert app.opened[-1].bytes_read == 16
+    media_toolkit.assert_audio_identical(video_heavy, body)
+
+
+def test_forward_only_source_hit_reads_only_the_first_chunks(media, tmp_path):
+    path = media("mp4_faststart")
+    upstream = GeneratorApp(path)
+    client = TestApp(AudioOnlyMiddleware(upstream, rendition_cache=tmp_path))
+    first = client.get(f"/v.mp4?{FLAG}").body
+    sent = upstream.bytes_sent
+    second = client.get(f"/v.mp4?{FLAG}").body
+    assert second == first
+    assert upstream.bytes_sent - sent < 5000  # chunks of 1, 7 and 4093 bytes cover the 16-byte sniff
+    assert upstream.closes == upstream.bodies == 2
+    media_toolkit.assert_audio_identical(path, second)
+
+
+def test_the_hit_goes_out_through_the_servers_file_wrapper(media, tmp_path):
+    path = media("mp4_moov_end")
+    upstream = FileApp(path)
+    middleware = AudioOnlyMiddleware(upstream, rendition_cache=tmp_path)
+    _, _, first = call(middleware)
+    seen = []
+
+    class ServerWrapper:
+        def __init__(self, fileobj, block_size=8192):
+            seen.append((fileobj, block_size))
+            self.fileobj = fileobj
+
+        def __iter__(self):
+            return iter(lambda: self.fileobj.read(8192), b"")
+
+        def close(self):
+            self.fileobj.close()
+
+    status, headers, body = call(middleware, **{"wsgi.file_wrapper": ServerWrapper})
+    assert status == "200 OK" and body == first
+    assert dict(headers)["Content-Length"] == str(len(first))
+    [(fileobj, block_size)] = seen
+    assert os.path.dirname(fileobj.name) == str(tmp_path) and fileobj.name.endswith(".audio")
+    assert fileobj.closed  # the server's wrapper closed it
+    assert upstream.closes == upstream.bodies == 2  # the upstream too, exactly once per request
+
+
+def test_closing_a_hit_before_iterating_closes_everything(media, tmp_path):
+    path = media("mp4_faststart")
+    upstream = FileApp(path)
+    middleware = AudioOnlyMiddleware(upstream, rendition_cache=tmp_path)
+    call(middleware)
+    body = middleware({"REQUEST_METHOD": "GET", "QUERY_STRING": FLAG, "PATH_INFO": "/v.mp4", "SERVER_NAME": "x",
+                       "SERVER_PORT": "80"}, lambda *args: None)
+    assert upstream.closes == 2  # already closed: the hit does not need it
+    body.close()
+    assert upstream.closes == 2
+
+
+# -- Range, HEAD, conditionals on a hit --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["bytes=0-99", "bytes=100-", "bytes=-500", "bytes=1000-4999", "bytes=0-"])
+def test_range_on_a_hit_is_the_slice(media, tmp_path, header):
+    path = media("mp4_moov_end")
+    app = CountingApp(path)
+    client = TestApp(AudioOnlyMiddleware(app, rendition_cache=tmp_path))
+    reference = TestApp(AudioOnlyMiddleware(CountingApp(path)))
+    full = client.get(f"/v.mp4?{FLAG}").body
+    part = client.get(f"/v.mp4?{FLAG}", headers={"Range": header}, status=206)
+    expected = reference.get(f"/v.mp4?{FLAG}", headers={"Range": header}, status=206)
+    assert part.body == expected.body
+    assert part.headers["Content-Range"] == expected.headers["Content-Range"]
+    assert part.headers["Content-Length"] == str(len(part.body))
+    start = int(header[6:].split("-")[0]) if not header.startswith("bytes=-") else len(full) - 500
+    assert part.body == full[start:start + len(part.body)]
+    assert app.opened[-1].bytes_read == 16
+
+
+def test_head_416_304_and_if_range_on_a_hit_are_as_without_the_store(media, tmp_path):
+    path = media("mp4_faststart")
+    with_store = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
+    plain = AudioOnlyMiddleware(FileApp(path))
+    call(with_store)
+    assert with_store.renditions.fills == 1
+    full = call(plain)
+    etag = dict(full[1])["ETag"]
+    cases = [
+        {"method": "HEAD"},
+        {"HTTP_RANGE": "bytes=999999-"},
+        {"HTTP_IF_NONE_MATCH": etag},
+        {"HTTP_RANGE": "bytes=10-19", "HTTP_IF_RANGE": '"stale"'},
+        {"HTTP_RANGE": "bytes=10-19", "HTTP_IF_RANGE": etag},
+        {"HTTP_RANGE": "bytes=0-1,5-9"},
+    ]
+    for case in cases:
+        ours, theirs = call(with_store, **case), call(plain, **case)
+        assert ours[0] == theirs[0], case
+        assert without_dates(ours[1]) == without_dates(theirs[1]), case
+        assert ours[2] == theirs[2], case
+    assert call(with_store, method="HEAD")[2] == b""
+    assert with_store.renditions.hits >= 4  # HEAD and the ranges were answered from the store
+
+
+def test_head_and_ranged_misses_do_not_fill(media, tmp_path):
+    path = media("mp4_faststart")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
+    call(middleware, method="HEAD")
+    call(middleware, HTTP_RANGE="bytes=0-99")
+    assert listing(tmp_path) == []
+    call(middleware, HTTP_RANGE="bytes=0-99", HTTP_IF_RANGE='"stale"')  # a full 200 after all: fills
+    assert len(stored(tmp_path)) == 1
+
+
+# -- keys ------------------------------------------------------------------------------------------------------
+
+
+def test_a_changed_source_etag_misses(media, tmp_path):
+    path = media("mp4_faststart")
+    app = CountingApp(path)
+    middleware = AudioOnlyMiddleware(app, rendition_cache=tmp_path)
+    call(middleware)
+    app.etag = '"v2"'
+    _, _, body = call(middleware)
+    assert middleware.renditions.hits == 0 and middleware.renditions.fills == 2
+    assert app.opened[-1].bytes_read > 1000
+    assert len(stored(tmp_path)) == 2
+    media_toolkit.assert_audio_identical(path, body)
+    call(middleware)
+    assert middleware.renditions.hits == 1
+
+
+def test_keys_are_scoped_to_the_resource_and_the_extraction_options(media, tmp_path):
+    """Two files with the same ETag (mtime-size collisions happen) never share a stored rendition."""
+    one, two = media("mp4_faststart"), media("mp4_two_audio")
+
+    def app(environ, start_response):
+        return (FileApp(two) if environ["PATH_INFO"] == "/two.mp4" else FileApp(one))(environ, start_response)
+
+    client = TestApp(AudioOnlyMiddleware(app, rendition_cache=tmp_path))
+    for _ in range(2):
+        media_toolkit.assert_audio_identical(one, client.get(f"/one.mp4?{FLAG}").body)
+        media_toolkit.assert_audio_identical(two, client.get(f"/two.mp4?{FLAG}").body)
+        media_toolkit.assert_audio_identical(two, client.get(f"/two.mp4?{FLAG}&audio_track=2").body, tracks=[1])
+    assert len(stored(tmp_path)) == 3
+
+
+def test_weak_etag_or_no_validators_are_not_stored(media, tmp_path):
+    path = media("mp4_faststart")
+    for upstream in (FileApp(path, etag='W/"weak"'), GeneratorApp(path, etag=None, last_modified=None),
+                     GeneratorApp(path, etag=None, send_length=False)):
+        middleware = AudioOnlyMiddleware(upstream, rendition_cache=tmp_path)
+        for _ in range(2):
+            _, _, body = call(middleware)
+            media_toolkit.assert_audio_identical(path, body)
+    assert listing(tmp_path) == []
+
+
+def test_last_modified_and_length_are_a_strong_validator(media, tmp_path):
+    path = tmp_path / "v.mp4"
+    shutil.copy(media("mp4_faststart"), path)
+    store = tmp_path / "store"
+    middleware = AudioOnlyMiddleware(FileApp(path, etag=None), rendition_cache=store)
+    first = call(middleware)[2]
+    assert call(middleware)[2] == first and middleware.renditions.hits == 1
+    assert len(stored(store)) == 1
+    os.utime(path, (time.time() - 3600, time.time() - 3600))  # a new Last-Modified: a new rendition ETag
+    assert call(middleware)[2] == first
+    assert middleware.renditions.hits == 1 and len(stored(store)) == 2
+
+
+def test_streamed_lazy_plans_are_not_stored(media, tmp_path):
+    path = media("flv_aac")
+    middleware = AudioOnlyMiddleware(GeneratorApp(path, "video/x-flv"), rendition_cache=tmp_path)
+    for _ in range(2):
+        media_toolkit.assert_audio_identical(path, call(middleware)[2])
+    assert listing(tmp_path) == []
+
+
+# -- incomplete responses leave nothing --------------------------------------------------------------------
+
+
+def test_client_gone_after_the_first_block_leaves_no_file(media, tmp_path):
+    path = media("mp4_faststart")
+    upstream = FileApp(path)
+    middleware = AudioOnlyMiddleware(upstream, rendition_cache=tmp_path, block_size=4096)
+    environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": FLAG, "PATH_INFO": "/v.mp4", "SERVER_NAME": "x",
+               "SERVER_PORT": "80"}
+    body = middleware(dict(environ), lambda *args: None)
+    next(iter(body))
+    assert len(temporary(tmp_path)) == 1  # the fill in progress
+    body.close()
+    assert listing(tmp_path) == []
+    body = middleware(dict(environ), lambda *args: None)  # closed before the first block
+    body.close()
+    assert listing(tmp_path) == []
+    assert upstream.closes == upstream.bodies == 2
+    assert middleware.renditions.fills == 0
+    call(middleware)  # and the next complete download fills
+    assert len(stored(tmp_path)) == 1 and not temporary(tmp_path)
+
+
+def test_a_body_dropped_without_close_leaves_no_file(media, tmp_path):
+    import gc
+
+    path = media("mp4_faststart")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path, block_size=4096)
+    body = middleware({"REQUEST_METHOD": "GET", "QUERY_STRING": FLAG, "PATH_INFO": "/v.mp4"}, lambda *args: None)
+    next(iter(body))
+    del body
+    gc.collect()
+    assert listing(tmp_path) == []
+    call(middleware)  # the key is not left blocked
+    assert middleware.renditions.fills == 1 and len(stored(tmp_path)) == 1
+
+
+def test_truncated_source_leaves_no_file(media, tmp_path):
+    path = media("mp4_faststart")
+    upstream = GeneratorApp(path, truncate_at=path.stat().st_size - 5000)
+    middleware = AudioOnlyMiddleware(upstream, rendition_cache=tmp_path, block_size=4096)
+    body = middleware({"REQUEST_METHOD": "GET", "QUERY_STRING": FLAG, "PATH_INFO": "/v.mp4"}, lambda *args: None)
+    received = b""
+    with pytest.raises(Exception, match="short|ends"):
+        for chunk in body:
+            received += chunk
+    assert received
+    body.close()
+    assert listing(tmp_path) == []
+    assert upstream.closes == 1
+
+
+def test_a_stored_file_cut_short_is_a_miss_and_is_replaced(media, tmp_path):
+    path = media("mp4_faststart")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
+    first = call(middleware)[2]
+    [name] = stored(tmp_path)
+    with open(tmp_path / name, "r+b") as f:  # what a crash before the data reached the disk may leave
+        f.truncate(len(first) // 2)
+    assert call(middleware)[2] == first
+    assert middleware.renditions.hits == 0 and middleware.renditions.fills == 2
+    assert (tmp_path / name).read_bytes() == first
+    assert call(middleware)[2] == first and middleware.renditions.hits == 1
+
+
+# -- bounds ---------------------------------------------------------------------------------------------------
+
+
+def test_eviction_keeps_the_directory_under_max_bytes_least_recently_used_first(media, tmp_path):
+    path = media("mp4_faststart")
+    length = len(call(AudioOnlyMiddleware(FileApp(path)))[2])
+    upstream = FileApp(path)
+    middleware = AudioOnlyMiddleware(upstream, rendition_cache=tmp_path, rendition_cache_bytes=2 * length + length // 2)
+    store = middleware.renditions
+    for etag in ('"a"', '"b"'):
+        upstream.etag = etag
+        call(middleware)
+    assert len(stored(tmp_path)) == 2 and store.evictions == 0
+    for age, name in enumerate(stored(tmp_path)):  # both long unused
+        os.utime(tmp_path / name, (time.time() - 1000 - age, time.time() - 1000 - age))
+    upstream.etag = '"a"'
+    call(middleware)  # a hit: "a" is now the most recently used
+    assert store.hits == 1
+    upstream.etag = '"c"'
+    call(middleware)
+    assert store.evictions == 1
+    assert store.size_bytes() <= store.max_bytes
+    assert len(stored(tmp_path)) == 2 and len(listing(tmp_path)) == 4  # renditions and their indexes
+    upstream.etag = '"a"'
+    call(middleware)
+    assert store.hits == 2  # "a" survived
+    upstream.etag = '"b"'
+    call(middleware)
+    assert store.hits == 2 and store.fills == 4  # "b" was evicted, and is filled again
+    assert store.size_bytes() <= store.max_bytes
+
+
+def test_a_rendition_larger_than_the_store_is_not_stored(media, tmp_path):
+    path = media("mp4_faststart")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path, rendition_cache_bytes=1000)
+    media_toolkit.assert_audio_identical(path, call(middleware)[2])
+    assert listing(tmp_path) == []
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    store = RenditionStore(tmp_path)
+    old, recent = tmp_path / ".fill-dead.tmp", tmp_path / ".fill-busy.tmp"
+    old.write_bytes(b"x" * 100)
+    recent.write_bytes(b"x" * 100)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    store.evict()
+    assert listing(tmp_path) == [".fill-busy.tmp"]
+
+
+# -- concurrency -------------------------------------------------------------------------------------------
+
+
+def test_two_workers_filling_the_same_key_at_once_end_with_one_complete_file(media, tmp_path):
+    """Two processes' middlewares on one directory, their downloads interleaved block by block."""
+    path = media("mp4_moov_end")
+    workers = [AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path, block_size=4096) for _ in range(2)]
+    environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": FLAG, "PATH_INFO": "/v.mp4", "SERVER_NAME": "x",
+               "SERVER_PORT": "80"}
+    bodies = [iter(worker(dict(environ), lambda *args: None)) for worker in workers]
+    outputs = [bytearray(), bytearray()]
+    done = [False, False]
+    while not all(done):
+        for index, body in enumerate(bodies):
+            if not done[index]:
+                chunk = next(body, None)
+                if chunk is None:
+                    done[index] = True
+                else:
+                    outputs[index] += chunk
+    for body in bodies:
+        body.close()
+    assert outputs[0] == outputs[1]
+    assert [worker.renditions.fills for worker in workers] == [1, 1]
+    assert len(stored(tmp_path)) == 1 and not temporary(tmp_path)
+    assert (tmp_path / stored(tmp_path)[0]).read_bytes() == outputs[0]
+    media_toolkit.assert_audio_identical(path, bytes(outputs[0]))
+
+
+def test_threads_filling_the_same_key_concurrently(media, tmp_path):
+    path = media("mp4_moov_end")
+    expected = call(AudioOnlyMiddleware(FileApp(path)))[2]
+    stores = [RenditionStore(tmp_path) for _ in range(4)]  # as many processes
+    key = ('"audio-x" host/v.mp4?', len(expected))
+    barrier = threading.Barrier(len(stores))
+    errors = []
+
+    def fill(store):
+        try:
+            filler = store.filler(key, "audio/mp4")
+            barrier.wait()
+            blocks = [expected[i:i + 1000] for i in range(0, len(expected), 1000)]
+            assert b"".join(filler.tee(blocks)) == expected
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=fill, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(store.fills for store in stores) == 4
+    assert listing(tmp_path) == sorted([stores[0].path_for(key).name, stores[0]._index_path(key[0]).name])
+    assert stores[0].lookup(key).read_bytes() == expected
+    hit = stores[1].find(key[0])
+    assert (hit.length, hit.content_type, hit.file.read()) == (len(expected), "audio/mp4", expected)
+    hit.file.close()
+
+
+def test_one_store_fills_a_key_once_at_a_time(media, tmp_path):
+    path = media("mp4_faststart")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path, block_size=4096)
+    environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": FLAG, "PATH_INFO": "/v.mp4", "SERVER_NAME": "x",
+               "SERVER_PORT": "80"}
+    first = middleware(dict(environ), lambda *args: None)
+    head = next(iter(first))
+    second_body = b"".join(middleware(dict(environ), lambda *args: None))  # served, not filled
+    assert len(temporary(tmp_path)) == 1 and middleware.renditions.fills == 0
+    first_body = head + b"".join(first)
+    first.close()
+    assert first_body == second_body
+    assert middleware.renditions.fills == 1 and len(stored(tmp_path)) == 1
+    assert (tmp_path / stored(tmp_path)[0]).read_bytes() == second_body
+
+
+# -- the store never breaks a response ------------------------------------------------------------------------
+
+
+def test_an_unusable_directory_still_gives_correct_responses(media, tmp_path, caplog):
+    path = media("mp4_faststart")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")
+    caplog.set_level(logging.WARNING, "audio_middleware")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=blocker / "store")
+    for _ in range(3):
+        status, headers, body = call(middleware)
+        assert status == "200 OK" and dict(headers)["Content-Length"] == str(len(body))
+        media_toolkit.assert_audio_identical(path, body)
+    assert middleware.renditions.fills == 0
+    assert "rendition store" in caplog.text
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only directories")
+def test_a_read_only_directory_still_gives_correct_responses(media, tmp_path):
+    path = media("mp4_faststart")
+    directory = tmp_path / "store"
+    directory.mkdir()
+    directory.chmod(0o500)
+    try:
+        middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=directory)
+        for _ in range(2):
+            media_toolkit.assert_audio_identical(path, call(middleware)[2])
+        assert listing(directory) == []
+    finally:
+        directory.chmod(0o700)
+
+
+def test_a_full_disk_abandons_the_fill_not_the_response(media, tmp_path, monkeypatch):
+    path = media("mp4_moov_end")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path, block_size=4096)
+    real_filler = middleware.renditions.filler
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+            self.writes = 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def close(self):
+            self.file.close()
+
+    def filler(key, content_type):
+        fill = real_filler(key, content_type)
+        fill._file = FullDisk(fill._file)
+        return fill
+
+    monkeypatch.setattr(middleware.renditions, "filler", filler)
+    status, headers, body = call(middleware)
+    assert status == "200 OK" and dict(headers)["Content-Length"] == str(len(body))
+    media_toolkit.assert_audio_identical(path, body)
+    assert listing(tmp_path) == [] and middleware.renditions.failures == 1
+
+
+def test_a_failing_rename_leaves_no_file(media, tmp_path, monkeypatch):
+    import audio_middleware.renditions as renditions
+
+    path = media("mp4_faststart")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
+
+    def refuse(*args):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(renditions.os, "replace", refuse)
+    media_toolkit.assert_audio_identical(path, call(middleware)[2])
+    monkeypatch.undo()
+    assert listing(tmp_path) == []
+    media_toolkit.assert_audio_identical(path, call(middleware)[2])
+    assert len(stored(tmp_path)) == 1
+
+
+# -- the store on its own ----------------------------------------------------------------------------------
+
+
+def test_store_lookup_checks_the_length_and_touches(tmp_path):
+    store = RenditionStore(tmp_path)
+    key = ('"e" host/p?', 5)
+    assert store.lookup(key) is None
+    assert store.filler(('W/"weak" host/p?', 5), "audio/mp4") is None
+    assert store.filler(('"e" host/p?', 0), "audio/mp4") is None
+    filler = store.filler(key, "audio/mp4")
+    assert list(filler.tee([b"ab", b"cde"])) == [b"ab", b"cde"]
+    found = store.lookup(key)
+    assert found is not None and found.read_bytes() == b"abcde"
+    os.utime(found, (1000, 1000))
+    assert store.lookup(key) == found and found.stat().st_mtime > 1000
+    assert store.lookup(('"e" host/p?', 6)) is None
+    wrong = store.filler(('"f" host/p?', 5), "audio/mp4")
+    list(wrong.tee([b"abc"]))  # fewer bytes than the plan said: not published
+    assert store.lookup(('"f" host/p?', 5)) is None and store.failures == 1
+    longer = store.filler(('"g" host/p?', 5), "audio/mp4")
+    assert list(longer.tee([b"abcde", b"f"])) == [b"abcde", b"f"]  # more bytes than the plan said: withdrawn
+    assert store.lookup(('"g" host/p?', 5)) is None and store.failures == 2
+    assert len(listing(tmp_path)) == 2
+
+
+# -- under a real gunicorn ---------------------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_gunicorn_serves_the_second_download_from_the_store(media, video_heavy, tmp_path):
+    import requests
+
+    from .servers import run_gunicorn
+
+    folder, store = tmp_path / "media", tmp_path / "store"
+    folder.mkdir()
+    shutil.copy(video_heavy, folder / "heavy.mp4")
+    for kind in ("mp4_faststart", "mp4_moov_end"):
+        shutil.copy(media(kind), folder / media(kind).name)
+    close_log = folder / "closes.log"
+    close_log.touch()
+    env = {"AM_MEDIA_DIR": str(folder), "AM_CLOSE_LOG": str(close_log), "AM_RENDITION_CACHE": str(store)}
+    with run_gunicorn("tests.server_apps:app", env=env, workers=2, threads=2) as url:
+        first = requests.get(f"{url}/file/heavy.mp4?{FLAG}", timeout=30)
+        assert first.status_code == 200 and int(first.headers["Content-Length"]) == len(first.content)
+        [name] = stored(store)
+        assert (store / name).read_bytes() == first.content
+        os.utime(store / name, (1000, 1000))
+        for _ in range(3):  # whichever worker answers: the directory is shared
+            again = requests.get(f"{url}/file/heavy.mp4?{FLAG}", timeout=30)
+            assert again.status_code == 200 and again.content == first.content
+            assert without_dates(again.headers.items()) == without_dates(first.headers.items())
+        assert (store / name).stat().st_mtime > 1000  # touched by the hits
+        media_toolkit.assert_audio_identical(video_heavy, again.content)
+        part = requests.get(f"{url}/file/heavy.mp4?{FLAG}", headers={"Range": "bytes=100-9999"}, timeout=30)
+        assert part.status_code == 206 and part.content == first.content[100:10000]
+        # the stream route gives every file the same ETag: the store keeps them apart by URL
+        for _ in range(2):
+            for file in ("mp4_faststart.mp4", "mp4_moov_end.mp4"):
+                response = requests.get(f"{url}/stream/{file}?{FLAG}", timeout=30)
+                assert int(response.headers["Content-Length"]) == len(response.content)
+                media_toolkit.assert_audio_identical(folder / file, response.content)
+        assert len(stored(store)) == 3 and not temporary(store)
+        deadline = time.monotonic() + 10
+        while close_log.read_text().count("\n") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(close_log.read_text().splitlines()) == sorted(
+            [f"stream {file}" for file in ("mp4_faststart.mp4", "mp4_moov_end.mp4")] * 2)
