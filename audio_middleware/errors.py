@@ -9,6 +9,11 @@ escape the container parsers, whatever bytes they are fed.
 from __future__ import annotations
 
 
+def echo(value: str, limit: int = 40) -> str:
+    """A request value quoted for an error reason, cut short: reasons stay one short line."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 class AudioExtractionError(Exception):
     """Base class: the source could not be turned into an audio rendition."""
 

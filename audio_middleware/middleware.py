@@ -28,7 +28,7 @@ from werkzeug.wsgi import FileWrapper
 from .body import ClosingBody, close_quietly
 from .cache import PlanCache
 from .emit import DEFAULT_BLOCK, iter_plan_bytes
-from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsRandomAccess, UnsupportedMedia
+from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsRandomAccess, UnsupportedMedia, echo
 from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
 from .plan import LazyPlan, Plan, Span
@@ -359,9 +359,9 @@ def _seconds(raw: str | None, name: str | None) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidRequest(f"{name} must be a number of seconds, not {raw!r}") from None
+        raise InvalidRequest(f"{name} must be a number of seconds, not {echo(raw)}") from None
     if not math.isfinite(value) or value < 0:
-        raise InvalidRequest(f"{name} must be a non-negative number of seconds, not {raw!r}")
+        raise InvalidRequest(f"{name} must be a non-negative number of seconds, not {echo(raw)}")
     return value
 
 

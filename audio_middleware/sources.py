@@ -67,6 +67,7 @@ class SequentialSource:
         self._head = 0  # index in self._buf of the first byte still available
         self._base = 0  # source offset of self._buf[self._head]
         self._eof = False
+        self._pulled = 0
         self.size = size
         #: While True nothing is discarded, so the body can still be replayed or spooled.
         self.retain = retain
@@ -81,12 +82,21 @@ class SequentialSource:
         return len(self._buf) - self._head
 
     def _pull(self) -> bytes | None:
+        """The next upstream chunk, or None at the end.
+
+        A body that ends before its declared Content-Length is truncated, even
+        when it ends exactly between two tags or fragments: raising here keeps a
+        lazy plan from closing a well-formed but short file.
+        """
         if self._eof:
             return None
         for chunk in self._chunks:
             if chunk:
+                self._pulled += len(chunk)
                 return chunk if isinstance(chunk, bytes) else bytes(chunk)
         self._eof = True
+        if self.size is not None and self._pulled < self.size:
+            raise SourceTruncated(f"body ends at byte {self._pulled}, its Content-Length is {self.size}")
         return None
 
     def _drop(self, count: int) -> None:

@@ -57,7 +57,7 @@ class Upstream:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length", "")
-        return int(value) if value.isdigit() else None
+        return int(value) if value.isascii() and value.isdigit() else None
 
     @property
     def served_file(self) -> CaptureFileWrapper | None:

@@ -111,7 +111,7 @@ def test_truncated_source_is_an_incomplete_response(server):
 def test_truncation_found_before_the_body_is_an_error_status(server):
     url, _, close_log = server
     response = requests.get(f"{url}/truncated/heavy.mp4?ali_audio_only=1", timeout=30)
-    assert response.status_code == 502 and "available" in response.text
+    assert response.status_code == 502 and "Content-Length" in response.text
     assert closes(close_log, "truncated heavy.mp4", 1) == 1
 
 

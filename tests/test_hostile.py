@@ -180,14 +180,8 @@ def test_forward_only_upstream_without_content_length(seeds, kind, ops, tmp_path
     _forward_only(seeds, kind, ops, tmp_path_factory.mktemp("chunked"), send_length=False)
 
 
-TRUNCATED_STREAMS = ("a forward-only upstream that ends before its Content-Length at a tag or fragment boundary "
-                     "gets a complete, well-formed but short rendition: flv/planner.py _stream and "
-                     "mp4/fragments.py _walk treat the early end as the end of the file (see "
-                     "test_truncated_flv_stream_at_a_tag_boundary and "
-                     "test_truncated_fragmented_stream_at_a_fragment_boundary)")
 
 
-@pytest.mark.xfail(strict=True, reason=TRUNCATED_STREAMS)
 @SLOW
 @given(kind=st.sampled_from(MP4_SEEDS + FLV_SEEDS), ops=mutations(fz.OPS), cut=st.integers(0, 1 << 20))
 def test_forward_only_upstream_that_ends_early(seeds, kind, ops, cut, tmp_path_factory):
@@ -1012,8 +1006,6 @@ def test_zero_timescale_when_clipping():
     assert isinstance(outcome.error, AudioExtractionError)
 
 
-@pytest.mark.xfail(strict=True, reason="mp4/movie.py _new_mvhd packs max(track_ID)+1 into 32 bits: struct.error "
-                                       "for track_ID 0xFFFFFFFF (needs a check in parse_track or a clamp)")
 def test_track_id_at_the_32_bit_maximum():
     movie = Movie(audio_id=0xFFFFFFFF)
     outcome = fz.plan_and_emit(movie.build(), "file", Container.MP4, Limits())
@@ -1085,9 +1077,6 @@ def test_compressed_movie_header_is_unsupported():
     assert_refused(data, UnsupportedMedia)
 
 
-@pytest.mark.xfail(strict=True, reason="mp4/fragments.py _with_data_offset packs a run's new data offset as a "
-                                       "signed 32-bit int without a check: struct.error when a fragment's runs "
-                                       "exceed 2 GiB on a body of unknown length (no Content-Length to check)")
 def test_fragment_runs_beyond_2_gib_on_a_body_of_unknown_length():
     head = ftyp() + Movie(chunks=0, video=False, mvex=True).moov([], [])
 
@@ -1115,9 +1104,6 @@ def assert_linear(small: bytes, large: bytes) -> None:
     assert slow < 0.25 or slow / fast < 8, f"4x the chunks took {slow / fast:.1f}x the time ({slow:.2f} s)"
 
 
-@pytest.mark.xfail(strict=True, reason="mp4/fragments.py _walk pops the moov's spans with list.pop(0): quadratic "
-                                       "in the number of audio chunk runs of a moov that also has mvex (a crafted "
-                                       "64 MiB moov plans for hours)")
 def test_partially_fragmented_planning_is_linear_in_the_chunk_count():
     assert_linear(Movie(chunks=30_000, per_chunk=1, sample_size=1, video_size=1, mvex=True).build(),
                   Movie(chunks=120_000, per_chunk=1, sample_size=1, video_size=1, mvex=True).build())
@@ -1290,9 +1276,6 @@ def test_flv_trailing_garbage_shorter_than_a_tag_header():
     assert plan_bytes(data + b"\x01\x02\x03") == plan_bytes(data)
 
 
-@pytest.mark.xfail(strict=True, reason="flv/planner.py _stream (lazy plan) stops at the end of a forward-only "
-                                       "source without comparing with its declared size: a body cut at a tag "
-                                       "boundary gives a complete, short FLV (chunked, so the client cannot tell)")
 def test_truncated_flv_stream_at_a_tag_boundary(tmp_path):
     """The upstream says Content-Length N and sends fewer bytes, ending exactly between two tags."""
     data = flv_file(*interleaved(6))
@@ -1304,9 +1287,6 @@ def test_truncated_flv_stream_at_a_tag_boundary(tmp_path):
     assert fz.check_response(outcome, data, forward_only=True) in ("aborted", "error")
 
 
-@pytest.mark.xfail(strict=True, reason="mp4/fragments.py _walk (lazy plan) stops at the end of a forward-only "
-                                       "source without comparing with its declared size: a body cut between two "
-                                       "fragments gives a complete, short MP4")
 def test_truncated_fragmented_stream_at_a_fragment_boundary(tmp_path):
     data = fragmented([[[4, 4]], [[8]], [[4]]])
     cut = find(data, b"moof", 1).offset
@@ -1335,8 +1315,6 @@ def test_flv_without_any_tag():
 # -- upstream responses and requests that are themselves hostile --------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="middleware.py _selection -> mp4/movie.py select_audio: '²'.isdigit() is "
-                                       "True but int('²') raises ValueError (500); use isdecimal()/isascii()")
 def test_track_selector_that_looks_like_a_digit(media):
     """?audio_track=² (U+00B2): str.isdigit() accepts it, int() does not."""
     from .apps import FileApp
@@ -1346,9 +1324,6 @@ def test_track_selector_that_looks_like_a_digit(media):
     assert outcome.status.startswith("404")
 
 
-@pytest.mark.xfail(strict=True, reason="upstream.py Upstream.content_length: '²'.isdigit() is True but int('²') "
-                                       "raises ValueError (500); an upstream's Content-Length must be parsed "
-                                       "strictly (ASCII digits) or ignored")
 def test_upstream_content_length_that_looks_like_a_digit(media):
     data = media("mp4_faststart").read_bytes()
     app = StaticApp("200 OK", [("Content-Type", "video/mp4"), ("Content-Length", "\u00b2")], data)
@@ -1382,9 +1357,6 @@ def test_hostile_query_parameters(media, query):
     assert upstream.closes == upstream.bodies
 
 
-@pytest.mark.xfail(strict=True, reason="mp4/movie.py select_audio (audio_track, 404) and middleware.py _seconds "
-                                       "(start/end, 400) echo the parameter unbounded into the reason: a 5000-byte "
-                                       "parameter gives a 5 KB error body; quote at most a few dozen characters")
 @pytest.mark.parametrize("query", ["audio_track=" + "x" * 5000, "start=" + "9" * 5000], ids=["track", "start"])
 def test_error_reasons_stay_short_whatever_the_request(media, query):
     from .apps import FileApp

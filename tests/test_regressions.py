@@ -36,28 +36,7 @@ FOLDER = pathlib.Path(__file__).resolve().parent / "regressions"
 NOTES = (".md", ".txt", ".json")
 
 #: case -> what is still broken (file and function to fix).
-KNOWN_OPEN = {
-    "mp4_track_id_max.mp4": "mp4/movie.py _new_mvhd: next_track_ID = max(track_ID) + 1 overflows 32 bits "
-                            "(struct.error -> 500) for track_ID 0xFFFFFFFF",
-    "mp4_fragment_runs_over_2gib.mp4": "mp4/fragments.py _with_data_offset: a run's new data offset > 2 GiB is packed "
-                                       "as a signed 32-bit int (struct.error) when the body has no Content-Length",
-    "mp4_partially_fragmented_300k_chunks.json": "mp4/fragments.py _walk: pending.pop(0) is quadratic in the moov's "
-                                                 "audio chunk runs",
-    "mp4_moof_swallows_its_mdat.mp4": "mp4/fragments.py Fragment._serialize: non-traf children of a moof are written "
-                                      "first and verbatim, so a moof that contains an mdat puts its traf behind that "
-                                      "mdat (FFmpeg stops reading the moof there: the fragment's audio is lost) and "
-                                      "ships the nested mdat's video bytes",
-    "flv_cut_at_a_tag_boundary.json": "flv/planner.py _stream: a body that ends before its Content-Length at a tag "
-                                      "boundary ends the rendition cleanly instead of raising SourceTruncated",
-    "mp4_fragmented_cut_between_fragments.json": "mp4/fragments.py _walk: a body that ends before its Content-Length "
-                                                 "between fragments ends the rendition cleanly instead of raising "
-                                                 "SourceTruncated",
-    "request_audio_track_superscript_two.json": "mp4/movie.py select_audio: '²'.isdigit() is True, int('²') raises",
-    "upstream_content_length_superscript_two.json": "upstream.py Upstream.content_length: '²'.isdigit() is True, "
-                                                    "int('²') raises",
-    "request_long_parameter_in_the_reason.json": "mp4/movie.py select_audio and middleware.py _seconds echo the "
-                                                 "parameter unbounded into the error reason",
-}
+KNOWN_OPEN: dict[str, str] = {}
 
 
 def _cases() -> list[pathlib.Path]:

@@ -13,12 +13,13 @@ fragments as the bytes go by.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import LimitExceeded, MalformedMedia, UnsupportedMedia
 from ..limits import Limits
-from ..plan import LazyPlan, Literal, Piece, Plan, Span
+from ..plan import LazyPlan, Literal, Piece, Plan, Span, Spans
 from ..sources import Source, read_exact
 from .boxes import Box, box_header, build_box, full_box_version, iter_children, parse_header
 from .layout import Layout, read_top_header
@@ -30,6 +31,11 @@ U32 = struct.Struct(">I")
 I32 = struct.Struct(">i")
 U64 = struct.Struct(">Q")
 FULL_BOX = struct.Struct(">I")
+
+#: moof and traf children copied as they are (tfhd/trun/traf are rewritten; the rest is dropped).
+MOOF_KEPT = frozenset({b"mfhd", b"pssh"})
+TRAF_KEPT = frozenset({b"tfdt", b"sbgp", b"sgpd", b"subs", b"sdtp"})
+MAX_DATA_OFFSET = 0x7FFFFFFF
 
 # tfhd flags (ISO/IEC 14496-12 8.8.7)
 BASE_DATA_OFFSET = 0x000001
@@ -150,16 +156,15 @@ class Fragment:
         self.data = moof_data
         self.offset = moof_offset
         self.runs: list[TrackRun] = []
-        self._kept_trafs: list[tuple[Box, Box, list[TrackRun]]] = []
-        self._others: list[Box] = []
+        self._kept_trafs: dict[int, tuple[Box, Box, list[TrackRun]]] = {}  # by traf offset
+        self._children: list[Box] = []
         moof = parse_header(moof_data, 0, len(moof_data))
         self.moof = moof
         previous_end = moof_offset
         for child in iter_children(moof_data, moof.payload_offset, moof.end):
-            if child.type != b"traf":
-                self._others.append(child)
-                continue
-            previous_end = self._read_traf(child, previous_end, kept_ids, trex_sizes, limits)
+            self._children.append(child)
+            if child.type == b"traf":
+                previous_end = self._read_traf(child, previous_end, kept_ids, trex_sizes, limits)
         self.runs.sort(key=lambda run: run.source_offset)
         for before, after in zip(self.runs, self.runs[1:], strict=False):
             if before.source_offset + before.length > after.source_offset and before.length and after.length:
@@ -198,7 +203,7 @@ class Fragment:
         if track_id in kept_ids:
             if any(child.type == b"saio" for child in iter_children(data, traf.payload_offset, traf.end)):
                 raise UnsupportedMedia("encrypted fragmented MP4 (saio) is not supported")
-            self._kept_trafs.append((traf, tfhd, runs))
+            self._kept_trafs[traf.offset] = (traf, tfhd, runs)
             self.runs.extend(runs)
         return position
 
@@ -214,43 +219,63 @@ class Fragment:
         for run in self.runs:
             run.new_offset = position - new_moof_offset
             position += run.length
+        if self.runs and self.runs[-1].new_offset > MAX_DATA_OFFSET:
+            raise LimitExceeded("the audio of one fragment exceeds 2 GiB (trun data_offset is a signed 32-bit field)")
         moof = self._serialize()
         if len(moof) != size:
             raise MalformedMedia("rewritten moof changed size between passes")
         return moof + header
 
     def _serialize(self) -> bytes:
+        """The moof in its original child order: known boxes only, audio trafs rewritten.
+
+        Anything else a moof or traf may hold (a nested mdat in a hostile file,
+        vendor boxes describing the old layout) is dropped rather than shipped.
+        """
         data = self.data
-        parts = [data[box.offset:box.end] for box in self._others]
-        for traf, tfhd, runs in self._kept_trafs:
-            by_box = {run.box.offset: run for run in runs}
-            children = []
-            for child in iter_children(data, traf.payload_offset, traf.end):
-                if child.type == b"tfhd":
-                    children.append(_moof_relative_tfhd(data, tfhd))
-                elif child.type == b"trun":
-                    children.append(_with_data_offset(data, child, by_box[child.offset].new_offset))
-                else:
-                    children.append(data[child.offset:child.end])
-            parts.append(build_box(b"traf", *children))
+        parts = []
+        for box in self._children:
+            if box.type in MOOF_KEPT:
+                parts.append(data[box.offset:box.end])
+            elif box.offset in self._kept_trafs:
+                parts.append(self._traf(*self._kept_trafs[box.offset]))
         return build_box(b"moof", *parts)
 
+    def _traf(self, traf: Box, tfhd: Box, runs: list[TrackRun]) -> bytes:
+        data = self.data
+        by_box = {run.box.offset: run for run in runs}
+        children = []
+        for child in iter_children(data, traf.payload_offset, traf.end):
+            if child.type == b"tfhd":
+                children.append(_moof_relative_tfhd(data, tfhd))
+            elif child.type == b"trun":
+                children.append(_with_data_offset(data, child, by_box[child.offset].new_offset))
+            elif child.type in TRAF_KEPT:
+                children.append(data[child.offset:child.end])
+        return build_box(b"traf", *children)
 
-def _walk(source: Source, head_spans: Iterable[Span], head_length: int, kept_ids: set[int], trex: dict[int, int],
+
+def _walk(source: Source, head_spans: Spans, head_length: int, kept_ids: set[int], trex: dict[int, int],
           limits: Limits) -> Iterator[Piece]:
     """Pieces after the head: the progressive spans, then each reduced fragment, in source order.
 
-    The header of the box after a ``moof`` is read before the fragment's spans are
-    yielded: on a forward-only source those spans move the read position past it.
+    The progressive spans (the moov's own samples, in a partially fragmented file)
+    go out as slices of one :class:`Spans`, each before the first top-level box
+    that ends after them. The header of the box after a ``moof`` is read before
+    the fragment's spans are yielded: on a forward-only source those spans move
+    the read position past it.
     """
-    pending = list(head_spans)  # the progressive part of a partially fragmented file: few spans
-    out_position = head_length + sum(span.length for span in pending)
+    offsets, lengths = head_spans.offsets, head_spans.lengths
+    sent = 0  # progressive spans already yielded
+    out_position = head_length + head_spans.length
     box = read_top_header(source, 0)
     for _ in range(limits.max_top_level_boxes * 100):
         if box is None:
             break
-        while pending and pending[0].offset < box.end:
-            yield pending.pop(0)
+        upto = bisect_left(offsets, box.end, lo=sent)
+        if upto > sent:
+            yield Spans(offsets[sent:upto], lengths[sent:upto])
+            sent = upto
         if box.type != b"moof":
             box = read_top_header(source, box.end)
             continue
@@ -261,7 +286,8 @@ def _walk(source: Source, head_spans: Iterable[Span], head_length: int, kept_ids
             yield piece
     else:
         raise LimitExceeded("too many top-level boxes")
-    yield from pending
+    if sent < len(offsets):
+        yield Spans(offsets[sent:], lengths[sent:])
 
 
 def _fragment_pieces(source: Source, moof: Box, kept_ids: set[int], trex: dict[int, int], limits: Limits,

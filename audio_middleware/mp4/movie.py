@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia
+from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia, echo
 from ..limits import Limits
 from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, parse_header, rebuild, rebuild_parts
 from .tracks import Track, parse_track
@@ -90,16 +90,16 @@ def select_audio(movie: Movie, selector: str | None) -> list[Track]:
         raise NoAudioTrack("the media has no audio track")
     if selector is None or selector == "":
         return audio
-    if selector.isdigit():
+    if selector.isascii() and selector.isdigit():  # not str.isdigit alone: '²' is a digit to it
         index = int(selector)
         if 1 <= index <= len(audio):
             return [audio[index - 1]]
-        raise NoAudioTrack(f"no audio track {index} (the media has {len(audio)})")
+        raise NoAudioTrack(f"no audio track {echo(selector)} (the media has {len(audio)})")
     wanted = selector.lower()
     chosen = [track for track in audio if track.language == wanted]
     if not chosen:
         langs = ", ".join(sorted({track.language for track in audio}))
-        raise NoAudioTrack(f"no audio track in language '{selector}' (available: {langs})")
+        raise NoAudioTrack(f"no audio track in language {echo(selector)} (available: {langs})")
     return chosen[:1]
 
 
@@ -173,5 +173,6 @@ def _new_mvhd(movie: Movie, kept: list[Track]) -> bytes:
         else:
             U32.pack_into(body, 4 + 8 + 4, min(max(durations), MAX_U32))
     next_id_at = (112 if version == 1 else 100) - 4
-    U32.pack_into(body, next_id_at, max(track.track_id for track in kept) + 1)
+    # 0xFFFFFFFF (all ones) tells readers to search for a free ID: right when the largest ID is taken.
+    U32.pack_into(body, next_id_at, min(max(track.track_id for track in kept) + 1, MAX_U32))
     return build_box(b"mvhd", bytes(body))
