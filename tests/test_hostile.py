@@ -977,10 +977,10 @@ def test_missing_ftyp_is_fine():
 
 
 def test_an_audio_track_without_samples():
-    """An init segment style track (no samples, no fragments): a valid, empty rendition."""
+    """Decided: a track with no samples and no fragments (no mvex) has nothing to play: 404, not an empty 200."""
     movie = Movie(chunks=0, video=False)
-    rendition = assert_accepted(movie.build())
-    assert find(rendition, b"mdat").size == 8
+    with pytest.raises(NoAudioTrack, match="no samples"):
+        plan_source(Container.MP4, FileSource(io.BytesIO(movie.build())), Limits(), Selection())
 
 
 # -- times and identities -----------------------------------------------------------------------
@@ -1429,3 +1429,16 @@ def test_planner_errors_are_only_ours_or_needs_random_access():
     data = Movie(moov_first=False).build()
     with pytest.raises(NeedsRandomAccess):
         plan_source(Container.MP4, SequentialSource([data], len(data)), Limits())
+
+
+
+def test_an_audio_track_without_samples_is_404_not_an_empty_success(tmp_path):
+    """E.g. audio that lives only in moofs of a movie without mvex: no 200 with nothing to play."""
+    from webtest import TestApp
+
+    from .apps import FileApp
+
+    path = tmp_path / "empty_audio.mp4"
+    path.write_bytes(Movie(chunks=0).build())
+    response = TestApp(AudioOnlyMiddleware(FileApp(path))).get("/v.mp4?ali_audio_only=1", status=404)
+    assert "no samples" in response.text

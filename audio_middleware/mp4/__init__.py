@@ -6,6 +6,7 @@ and returns a plan. The command line and the job API use it directly.
 
 from __future__ import annotations
 
+from ..errors import NoAudioTrack
 from ..limits import Limits
 from ..plan import LazyPlan, Plan
 from ..sources import Source
@@ -36,4 +37,7 @@ def plan_mp4(source: Source, limits: Limits, *, track: str | None = None, start:
         from .fragments import plan_fragmented
 
         return plan_fragmented(source, layout, movie, kept, limits)
+    if not any(track.sample_count and len(track.chunk_offsets) for track in kept):
+        # e.g. fragments without the mvex that would declare them: nothing a player could play
+        raise NoAudioTrack("the audio track has no samples (fragments without mvex are not read)")
     return plan_progressive(layout, movie, kept, source.size, limits)
