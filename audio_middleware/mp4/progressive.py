@@ -15,9 +15,9 @@ import numpy as np
 from ..errors import MalformedMedia
 from ..limits import Limits
 from ..plan import Literal, Piece, Plan, Spans
-from .boxes import MAX_U32, box_header
+from .boxes import MAX_U32, box_header, rebuild_parts
 from .layout import Layout
-from .movie import Movie, rewrite_movie, rewritten_size
+from .movie import Movie, movie_edits, rewritten_size
 from .tracks import Track
 
 
@@ -88,10 +88,11 @@ def build_head(layout: Layout, movie: Movie, kept: list[Track], source_size: int
     positions[order] = data_start + np.cumsum(sizes) - sizes  # new offset of each chunk, in track order
     splits = np.cumsum(counts)[:-1]
     new_offsets = {track.track_id: part for track, part in zip(kept, np.split(positions, splits))}
-    moov = rewrite_movie(movie, kept, new_offsets, wide, limits)
-    if len(moov) != moov_length:
+    size, parts = rebuild_parts(movie.data, movie.moov, movie_edits(movie, kept, new_offsets, wide, None),
+                                max_depth=limits.max_box_depth)
+    if size != moov_length:
         raise MalformedMedia("rewritten moov changed size between passes")
-    return Head(ftyp + moov + mdat_header, _runs(offsets, sizes))
+    return Head(b"".join([ftyp, *parts, mdat_header]), _runs(offsets, sizes))  # one copy of the new moov
 
 
 def _runs(offsets: np.ndarray, sizes: np.ndarray) -> Spans:

@@ -61,8 +61,8 @@ def chunk_offsets(data: bytes | memoryview, box: Box, max_entries: int) -> array
 def stsc_columns(data: bytes | memoryview, box: Box, max_entries: int) -> tuple[np.ndarray, np.ndarray]:
     """``stsc`` as two int64 columns (first_chunk, samples_per_chunk), first_chunk strictly increasing from 1."""
     count, first = counted_entries(data, box, 4, 12, max_entries)
-    table = np.frombuffer(data, ">u4", count * 3, first).reshape(count, 3).astype(np.int64)
-    first_chunk, per_chunk = table[:, 0], table[:, 1]
+    table = np.frombuffer(data, ">u4", count * 3, first).reshape(count, 3)  # a view: no copy of the box
+    first_chunk, per_chunk = table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
     if count and first_chunk[0] < 1:
         raise MalformedMedia("stsc first_chunk 0 (chunks are numbered from 1)")
     steps = np.flatnonzero(np.diff(first_chunk) <= 0)
