@@ -265,31 +265,15 @@ class FileSource:
     def gather(self, offsets: Iterable[int], lengths: Iterable[int], block: int) -> Iterator[bytes]:
         """The bytes of many spans, concatenated into blocks of about ``block`` bytes.
 
-        The hot loop of a file-backed download: one ``os.pread`` per span and
-        nothing else per span, so interleaved movies (one span per audio chunk)
-        stream at a few hundred nanoseconds of Python per span.
+        The hot loop of a file-backed download: one bare ``os.pread`` per span
+        (spans were checked against the file when planned; a short read falls
+        back to :meth:`read`), so interleaved movies stream at about a
+        microsecond of Python per audio chunk.
         """
         if self._fd is None:
-            yield from _gather_with(self.read, offsets, lengths, block)
-            return
-        pread, fd, start, size = os.pread, self._fd, self._start, self.size
-        parts: list[bytes] = []
-        pending = 0
-        for offset, length in zip(offsets, lengths):
-            if size is not None and offset + length > size or offset < 0:
-                raise SourceTruncated(f"span at byte {offset} runs past the end of the source ({size})")
-            data = pread(fd, length, start + offset)
-            if len(data) != length:
-                data += b"".join(_read_rest(pread, fd, start + offset + len(data), length - len(data)))
-                if len(data) != length:
-                    raise SourceTruncated(f"source ends inside the span at byte {offset}")
-            parts.append(data)
-            pending += length
-            if pending >= block:
-                yield b"".join(parts)
-                parts, pending = [], 0
-        if parts:
-            yield b"".join(parts)
+            return _gather(lambda _fd, length, position: self.read(position, length), None, 0, offsets, lengths,
+                           block, self.read)
+        return _gather(os.pread, self._fd, self._start, offsets, lengths, block, self.read)
 
     def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
         end = offset + length
@@ -307,30 +291,30 @@ class FileSource:
             self._file.close()
 
 
-def _read_rest(pread: Callable, fd: int, position: int, length: int) -> Iterator[bytes]:
-    """Finish a short positioned read (rare: signals, pipes, network file systems)."""
-    while length > 0:
-        more = pread(fd, length, position)
-        if not more:
-            return
-        yield more
-        position += len(more)
-        length -= len(more)
+def _gather(pread: Callable, fd: int | None, start: int, offsets: Iterable[int], lengths: Iterable[int],
+            block: int, finish: Callable[[int, int], bytes]) -> Iterator[bytes]:
+    """Join spans read by ``pread(fd, length, start + offset)`` into blocks.
 
-
-def _gather_with(read: Callable[[int, int], bytes], offsets: Iterable[int], lengths: Iterable[int],
-                 block: int) -> Iterator[bytes]:
+    One loop for both kinds of file; nothing but the read and the length check
+    per span (a closure per span costs ~60% more on a 2-hour movie). ``finish``
+    completes a short read, or finds the real end of the source.
+    """
     parts: list[bytes] = []
     pending = 0
-    for offset, length in zip(offsets, lengths):
-        data = read(offset, length)
-        if len(data) != length:
-            raise SourceTruncated(f"source ends inside the span at byte {offset}")
-        parts.append(data)
-        pending += length
-        if pending >= block:
-            yield b"".join(parts)
-            parts, pending = [], 0
+    try:
+        for offset, length in zip(offsets, lengths):
+            data = pread(fd, length, start + offset)
+            if len(data) != length:
+                data += finish(offset + len(data), length - len(data))
+                if len(data) != length:
+                    raise SourceTruncated(f"source ends inside the span at byte {offset}")
+            parts.append(data)
+            pending += length
+            if pending >= block:
+                yield b"".join(parts)
+                parts, pending = [], 0
+    except OSError as error:  # e.g. a negative offset: EINVAL
+        raise SourceTruncated(f"cannot read a span of the source: {error}") from error
     if parts:
         yield b"".join(parts)
 

@@ -171,5 +171,29 @@ class StaticApp(TrackingApp):
         return TrackedBody(iter([self.payload]), self)
 
 
+class CountingFile:
+    """A file object without fileno(): every byte read goes through read() and is counted."""
+
+    def __init__(self, path):
+        self._file = open(path, "rb")
+        self.bytes_read = 0
+        self.closes = 0
+
+    def read(self, size=-1):
+        data = self._file.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def seek(self, *args):
+        return self._file.seek(*args)
+
+    def tell(self):
+        return self._file.tell()
+
+    def close(self):
+        self.closes += 1
+        self._file.close()
+
+
 def request_of(environ: dict) -> Request:
     return Request(environ)

@@ -11,7 +11,7 @@ from webtest import TestApp
 
 from audio_middleware import AudioOnlyMiddleware
 
-from .apps import FileApp, GeneratorApp, RangeApp, StaticApp, WriteApp
+from .apps import CountingFile, FileApp, GeneratorApp, RangeApp, StaticApp, WriteApp
 from .conftest import media_toolkit
 
 MP4_KINDS = ["mp4_faststart", "mp4_moov_end", "mp4_mp3", "mp4_two_audio", "mov", "3gp", "m4a_audio_only",
@@ -406,28 +406,6 @@ def test_unknown_track_is_404(media, selector):
 
 
 # -- random access: only the audio bytes are read -----------------------------------------------
-
-
-class CountingFile:
-    """A file object without fileno(), so every byte read goes through read()."""
-
-    def __init__(self, path):
-        self._file = open(path, "rb")
-        self.bytes_read = 0
-
-    def read(self, size=-1):
-        data = self._file.read(size)
-        self.bytes_read += len(data)
-        return data
-
-    def seek(self, *args):
-        return self._file.seek(*args)
-
-    def tell(self):
-        return self._file.tell()
-
-    def close(self):
-        self._file.close()
 
 
 def test_file_backed_source_reads_little_more_than_the_audio(video_heavy):

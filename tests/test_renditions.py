@@ -20,7 +20,7 @@ from webtest import TestApp
 from audio_middleware import AudioOnlyMiddleware
 from audio_middleware.renditions import RenditionStore
 
-from .apps import FileApp, GeneratorApp
+from .apps import CountingFile, FileApp, GeneratorApp
 from .conftest import media_toolkit
 
 FLAG = "ali_audio_only=1"
@@ -57,30 +57,6 @@ def temporary(directory):
 
 def without_dates(headers):
     return [(name, value) for name, value in headers if name not in ("Date", "Expires")]
-
-
-class CountingFile:
-    """A file object without fileno(): every byte read goes through read() and is counted."""
-
-    def __init__(self, path):
-        self._file = open(path, "rb")
-        self.bytes_read = 0
-        self.closes = 0
-
-    def read(self, size=-1):
-        data = self._file.read(size)
-        self.bytes_read += len(data)
-        return data
-
-    def seek(self, *args):
-        return self._file.seek(*args)
-
-    def tell(self):
-        return self._file.tell()
-
-    def close(self):
-        self.closes += 1
-        self._file.close()
 
 
 class CountingApp:
