@@ -68,6 +68,7 @@ last kept audio timestamp, else None) and ``tracks`` (one ``{"type": "audio",
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -82,7 +83,7 @@ from ..errors import (
     UnsupportedMedia,
 )
 from ..limits import Limits
-from ..plan import LazyPlan, Literal, Piece, Plan, Span, coalesce
+from ..plan import LazyPlan, Literal, Piece, Plan, Span, Spans, coalesce
 from ..sources import Source, read_exact
 from . import amf
 from .tags import (
@@ -321,23 +322,37 @@ def _no_audio(window: Window, seen_audio: bool) -> AudioExtractionError:
 
 
 class _Pieces:
-    """The pieces of an indexed plan; touching spans are merged as they are added (no Span per tag)."""
+    """The pieces of an indexed plan: touching tags merge into runs, runs gather into :class:`Spans`.
+
+    No object per tag or run: a 10-minute FLV has ~26k audio tags between video
+    tags, and the index is held by the plan cache.
+    """
 
     def __init__(self) -> None:
         self.pieces: list[Piece] = []
         self.run_start = self.run_end = -1
+        self._offsets = array("q")
+        self._lengths = array("q")
 
     def span(self, offset: int, length: int) -> None:
         if offset == self.run_end:
             self.run_end += length
         else:
-            self.flush()
+            self._end_run()
             self.run_start, self.run_end = offset, offset + length
 
-    def flush(self) -> None:
+    def _end_run(self) -> None:
         if self.run_end > self.run_start:
-            self.pieces.append(Span(self.run_start, self.run_end - self.run_start))
+            self._offsets.append(self.run_start)
+            self._lengths.append(self.run_end - self.run_start)
         self.run_start = self.run_end = -1
+
+    def flush(self) -> None:
+        """Close the runs gathered so far into one piece (before a literal is added)."""
+        self._end_run()
+        if self._offsets:
+            self.pieces.append(Spans(self._offsets, self._lengths))
+            self._offsets, self._lengths = array("q"), array("q")
 
     def add(self, piece: Piece) -> None:
         if isinstance(piece, Span):
