@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from itertools import chain
 from urllib.parse import parse_qsl, urlencode
@@ -41,6 +42,8 @@ from .upstream import CaptureFileWrapper, Upstream
 log = logging.getLogger("audio_middleware")
 
 RANGE_POLICIES = ("serve", "ignore", "reject")
+#: Video file name extensions in a Content-Disposition filename (or filename*), before its end or quote.
+VIDEO_EXTENSION = re.compile(r"\.(?:mp4|mov|m4v|f4v)(?=[\"';\s]|$)", re.IGNORECASE)
 #: Request headers never forwarded on the upstream call: the app must send the whole
 #: file, uncompressed, and we evaluate conditionals against the audio rendition ourselves.
 UPSTREAM_DROPPED = ("HTTP_RANGE", "HTTP_IF_RANGE", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_MATCH",
@@ -164,7 +167,7 @@ class AudioOnlyMiddleware:
             return upstream.pass_through(start_response, server_wrapper, replay)
 
         validators = validators_for(upstream.headers, (found.value, selection.key))
-        base_headers = self._base_headers(upstream.headers, validators)
+        base_headers = self._base_headers(upstream.headers, validators, found)
         if not_modified(environ, validators):
             close_quietly(upstream)
             source.close()
@@ -243,12 +246,16 @@ class AudioOnlyMiddleware:
 
     # -- answering -----------------------------------------------------------------------------
 
-    def _base_headers(self, upstream_headers: Headers, validators: Validators) -> Headers:
+    def _base_headers(self, upstream_headers: Headers, validators: Validators, container: Container) -> Headers:
         headers = Headers(upstream_headers)
         for name in RESPONSE_DROPPED:
             headers.remove(name)
         if validators.etag:
             headers["ETag"] = validators.etag
+        disposition = headers.get("Content-Disposition")
+        if disposition and container is Container.MP4:
+            # a saved audio rendition should not be named like the video: movie.mp4 -> movie.m4a
+            headers["Content-Disposition"] = VIDEO_EXTENSION.sub(".m4a", disposition)
         return headers
 
     def _send(self, environ: dict, start_response: Callable, upstream: Upstream, source: Source,

@@ -474,3 +474,18 @@ def test_warm_range_reads_only_the_bytes_of_the_range(video_heavy):
     part = client.get("/v.mp4?ali_audio_only=1", headers={"Range": f"bytes={start}-"}, status=206)
     assert part.body == full[start:]
     assert opened[-1].bytes_read <= 3000 + 16
+
+
+def test_download_name_of_an_mp4_rendition_becomes_m4a(media):
+    path = media("mp4_faststart")
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "video/mp4"), ("Content-Length", str(path.stat().st_size)),
+                                  ("Content-Disposition",
+                                   "attachment; filename=\"Talk.MP4\"; filename*=UTF-8''T%C3%A4lk.mp4")])
+        return [path.read_bytes()]
+
+    client = TestApp(AudioOnlyMiddleware(app))
+    disposition = client.get("/v?ali_audio_only=1").headers["Content-Disposition"]
+    assert disposition == "attachment; filename=\"Talk.m4a\"; filename*=UTF-8''T%C3%A4lk.m4a"
+    assert client.get("/v").headers["Content-Disposition"].endswith("lk.mp4")
