@@ -33,6 +33,21 @@ def media(media_dir: pathlib.Path):
 
 
 @pytest.fixture(scope="session")
+def make(media):
+    """``media`` under another name, for test files that import the toolkit module as ``media``."""
+    return media
+
+
+@pytest.fixture
+def apps():
+    """Collects job-API apps so that every one is closed, whatever the test does."""
+    made = []
+    yield made
+    for app in made:
+        app.close()
+
+
+@pytest.fixture(scope="session")
 def shared_media() -> pathlib.Path:
     """The folder of real third-party files; tests using it skip when it is absent."""
     if not SHARED_MEDIA.is_dir():

@@ -25,11 +25,6 @@ except ImportError:  # pragma: no cover
     import media
 
 
-@pytest.fixture(scope="session")
-def media_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "issue7_media"
-
-
 @pytest.fixture
 def copy(media_dir, tmp_path):
     """A fresh copy of a media kind in this test's directory (outputs land beside it)."""

@@ -45,16 +45,6 @@ except ImportError:  # pragma: no cover
 CORPUS = "/work/shared/media"
 
 
-@pytest.fixture(scope="session")
-def media_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "issue7_media"
-
-
-@pytest.fixture(scope="session")
-def make(media_dir):
-    return lambda kind: media.make_media(kind, media_dir)
-
-
 def frames_of(data: bytes, fmt: str) -> list[bytes]:
     """Frame payloads of a raw ADTS/MP3 file as FFmpeg demuxes them (ADTS headers removed)."""
     packets = media.audio_packets(data, "aac" if fmt == "aac" else "mp3")[0]

@@ -21,16 +21,6 @@ except ImportError:  # pragma: no cover
     from test_jobs_support import PROJECT_A, PROJECT_B, TOKEN_A, TOKEN_B, Api, install_gate, new_app
 
 
-@pytest.fixture(scope="session")
-def media_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "issue7_media"
-
-
-@pytest.fixture
-def make(media_dir):
-    return lambda kind: media.make_media(kind, media_dir)
-
-
 @pytest.fixture
 def app(tmp_path):
     application = new_app(tmp_path / "data", workers=2)

@@ -11,24 +11,9 @@ import pytest
 
 from audio_middleware.jobs import sign, verify
 
-try:  # works whether or not tests/ is a package
-    from tests import media
-    from tests.test_jobs_support import PROJECT_A, PROJECT_B, TOKEN_B, Api, Receiver, new_app, wait_for
-except ImportError:  # pragma: no cover
-    import media
-    from test_jobs_support import PROJECT_A, PROJECT_B, TOKEN_B, Api, Receiver, new_app, wait_for
+from .test_jobs_support import PROJECT_A, PROJECT_B, TOKEN_B, Api, Receiver, new_app, wait_for
 
 SECRET = "callback-secret"
-
-
-@pytest.fixture(scope="session")
-def media_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "issue7_media"
-
-
-@pytest.fixture
-def make(media_dir):
-    return lambda kind: media.make_media(kind, media_dir)
 
 
 @pytest.fixture
@@ -43,14 +28,6 @@ def receivers():
     yield start
     for receiver in made:
         receiver.close()
-
-
-@pytest.fixture
-def apps():
-    made = []
-    yield made
-    for app in made:
-        app.close()
 
 
 def started(apps, data_dir, **options):

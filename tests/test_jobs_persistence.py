@@ -23,23 +23,9 @@ except ImportError:  # pragma: no cover
     from test_jobs_support import Api, install_gate, new_app, wait_for
 
 
-@pytest.fixture(scope="session")
-def media_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "issue7_media"
-
-
 @pytest.fixture
 def video(media_dir):
     return media.make_media("flv_aac", media_dir)
-
-
-@pytest.fixture
-def apps():
-    """Collects apps so that every one is closed, whatever the test does."""
-    made = []
-    yield made
-    for app in made:
-        app.close()
 
 
 def statuses(store: Store) -> dict[str, str]:

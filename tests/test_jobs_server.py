@@ -21,11 +21,6 @@ except ImportError:  # pragma: no cover
 TOKEN, PROJECT = "server-token", "server-project"
 
 
-@pytest.fixture(scope="session")
-def media_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "issue7_media"
-
-
 def jobs(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "audio_middleware.jobs", *argv], capture_output=True, text=True,
                           timeout=60, **kw)

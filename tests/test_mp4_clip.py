@@ -40,11 +40,6 @@ SHARED = pathlib.Path("/work/shared/media")
 LIMITS = Limits()
 
 
-@pytest.fixture(scope="module")
-def media_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("clip_media")
-
-
 def kind_path(media_dir, kind: str) -> pathlib.Path:
     return media.make_media(kind, media_dir)
 
