@@ -197,3 +197,20 @@ class CountingFile:
 
 def request_of(environ: dict) -> Request:
     return Request(environ)
+
+
+def call(app, query="ali_audio_only=1", method="GET", **environ):
+    """Call a WSGI app directly: (status, headers list, body bytes), body closed."""
+    seen = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = status, list(headers)
+
+    base = {"REQUEST_METHOD": method, "QUERY_STRING": query, "PATH_INFO": "/v.mp4", "SERVER_NAME": "x",
+            "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    result = app({**base, **environ}, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return seen["status"], seen["headers"], body

@@ -11,7 +11,7 @@ from webtest import TestApp
 
 from audio_middleware import AudioOnlyMiddleware
 
-from .apps import CountingFile, FileApp, GeneratorApp, RangeApp, StaticApp, WriteApp
+from .apps import CountingFile, FileApp, GeneratorApp, RangeApp, StaticApp, WriteApp, call
 from .conftest import media_toolkit
 
 MP4_KINDS = ["mp4_faststart", "mp4_moov_end", "mp4_mp3", "mp4_two_audio", "mov", "3gp", "m4a_audio_only",
@@ -20,23 +20,6 @@ FLV_KINDS = ["flv_aac", "flv_mp3"]
 SOURCES = {"file": FileApp, "generator": GeneratorApp, "range": RangeApp, "write": WriteApp}
 CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".3gp": "video/3gpp", ".m4a": "audio/mp4",
                  ".flv": "video/x-flv"}
-
-
-def call(app, query="ali_audio_only=1", method="GET", **environ):
-    """Call a WSGI app directly: (status, headers dict, body bytes), body closed."""
-    seen = {}
-
-    def start_response(status, headers, exc_info=None):
-        seen["status"], seen["headers"] = status, dict(headers)
-
-    base = {"REQUEST_METHOD": method, "QUERY_STRING": query, "PATH_INFO": "/v", "SERVER_NAME": "x",
-            "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
-    result = app({**base, **environ}, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        getattr(result, "close", lambda: None)()
-    return seen["status"], seen["headers"], body
 
 
 def serve(path, source="file", **options):
@@ -54,6 +37,7 @@ def test_mp4_family_audio_is_identical(media, kind, source):
     expected_type = "audio/3gpp" if kind == "3gp" else "audio/mp4"
     assert response.content_type == expected_type
     _, headers, body = call(client.app)
+    headers = dict(headers)
     assert body == response.body
     if kind == "mp4_fragmented" and source != "file":
         assert "Content-Length" not in headers  # streamed fragment by fragment
@@ -79,6 +63,7 @@ def test_flv_audio_is_identical(media, kind, source):
 def test_flv_forward_only_is_streamed_without_length(media):
     _, client = serve(media("flv_aac"), "generator")
     status, headers, body = call(client.app)
+    headers = dict(headers)
     assert status == "200 OK" and body[:3] == b"FLV"
     assert "Content-Length" not in headers
     assert headers["Accept-Ranges"] == "none"

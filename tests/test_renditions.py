@@ -20,27 +20,12 @@ from webtest import TestApp
 from audio_middleware import AudioOnlyMiddleware
 from audio_middleware.renditions import RenditionStore
 
-from .apps import CountingFile, FileApp, GeneratorApp
+from .apps import CountingFile, FileApp, GeneratorApp, call
 from .conftest import media_toolkit
 
 FLAG = "ali_audio_only=1"
 
 
-def call(app, query=FLAG, method="GET", **environ):
-    """Call a WSGI app directly: (status, headers list, body bytes), body closed."""
-    seen = {}
-
-    def start_response(status, headers, exc_info=None):
-        seen["status"], seen["headers"] = status, list(headers)
-
-    base = {"REQUEST_METHOD": method, "QUERY_STRING": query, "PATH_INFO": "/v.mp4", "SERVER_NAME": "x",
-            "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
-    result = app({**base, **environ}, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        getattr(result, "close", lambda: None)()
-    return seen["status"], seen["headers"], body
 
 
 def listing(directory):
