@@ -35,7 +35,7 @@ from .flv.tags import FILTER_BIT, PEEK_SIZE, TAG_AUDIO, TAG_HEAD, TAG_HEADER_SIZ
 from .flv.tags import parse_file_header as parse_flv_header
 from .limits import Limits
 from .mp4.boxes import Box, full_box_version, iter_children, only_child, parse_header
-from .mp4.fragments import DEFAULT_BASE_IS_MOOF, SAMPLE_DURATION, SAMPLE_SIZE, trun_layout
+from .mp4.fragments import DEFAULT_BASE_IS_MOOF, SAMPLE_DURATION, SAMPLE_SIZE, parse_tfhd, trex_defaults, trun_layout
 from .mp4.layout import find_moov, read_top_header
 from .mp4.movie import Movie, parse_movie, select_audio
 from .mp4.tables import SampleSizes, sample_to_chunk
@@ -396,36 +396,7 @@ def _table_samples(data: bytes, track: Track, limits: Limits) -> Iterator[tuple[
             sample += 1
 
 
-def _trex_defaults(movie: Movie) -> dict[int, tuple[int, int | None]]:
-    """(default_sample_duration, default_sample_size) per track from ``mvex/trex``."""
-    found: dict[int, tuple[int, int | None]] = {}
-    if movie.mvex is None:
-        return found
-    for child in iter_children(movie.data, movie.mvex.payload_offset, movie.mvex.end):
-        if child.type == b"trex" and child.payload_size >= 24:
-            track_id, _, duration, size = struct.unpack_from(">IIII", movie.data, child.payload_offset + 4)
-            found[track_id] = (duration, size)
-    return found
-
-
-def _tfhd(data: bytes, tfhd: Box) -> tuple[int, int, int | None, int | None, int | None]:
-    """(flags, track_ID, base_data_offset, default duration, default size) of a ``tfhd``."""
-    full_box_version(data, tfhd)
-    flags = U32.unpack_from(data, tfhd.payload_offset)[0] & 0xFFFFFF
-    fields = ((0x01, 8), (0x02, 4), (0x08, 4), (0x10, 4), (0x20, 4))
-    if tfhd.payload_size < 8 + sum(width for bit, width in fields if flags & bit):
-        raise MalformedMedia(f"tfhd at moof byte {tfhd.offset} is too short for its flags")
-    track_id = U32.unpack_from(data, tfhd.payload_offset + 4)[0]
-    values: dict[int, int] = {}
-    at = tfhd.payload_offset + 8
-    for bit, width in fields:
-        if flags & bit:
-            values[bit] = struct.unpack_from(">Q" if width == 8 else ">I", data, at)[0]
-            at += width
-    return flags, track_id, values.get(0x01), values.get(0x08), values.get(0x10)
-
-
-def _moof_samples(data: bytes, moof_offset: int, wanted: int, defaults: dict[int, tuple[int, int | None]],
+def _moof_samples(data: bytes, moof_offset: int, wanted: int, defaults: dict[int, tuple[int, int]],
                   limits: Limits) -> Iterator[tuple[int, int, int]]:
     """(offset, size, duration) of the wanted track's samples in one ``moof``."""
     moof = parse_header(data, 0, len(data))
@@ -433,7 +404,7 @@ def _moof_samples(data: bytes, moof_offset: int, wanted: int, defaults: dict[int
     for traf in iter_children(data, moof.payload_offset, moof.end):
         if traf.type != b"traf":
             continue
-        flags, track_id, base, duration, size = _tfhd(data, only_child(data, traf, b"tfhd"))
+        flags, track_id, base, duration, size = parse_tfhd(data, only_child(data, traf, b"tfhd"))
         trex_duration, trex_size = defaults.get(track_id, (0, None))
         duration = trex_duration if duration is None else duration
         size = trex_size if size is None else size
@@ -462,7 +433,7 @@ def _moof_samples(data: bytes, moof_offset: int, wanted: int, defaults: dict[int
 
 def _fragment_samples(source: Source, movie: Movie, track: Track, limits: Limits) -> Iterator[tuple[int, int, int]]:
     """(offset, size, duration) of the track's samples in every ``moof`` of the file, in file order."""
-    defaults = _trex_defaults(movie)
+    defaults = trex_defaults(movie)
     offset = 0
     for _ in range(limits.max_top_level_boxes * 100):
         box = read_top_header(source, offset)

@@ -63,21 +63,21 @@ class TrackRun:
     new_offset: int = 0
 
 
-def _trex_sizes(movie: Movie) -> dict[int, int]:
-    """default_sample_size per track from ``mvex/trex``."""
-    sizes: dict[int, int] = {}
+def trex_defaults(movie: Movie) -> dict[int, tuple[int, int]]:
+    """(default_sample_duration, default_sample_size) per track from ``mvex/trex``."""
+    found: dict[int, tuple[int, int]] = {}
     if movie.mvex is None:
-        return sizes
+        return found
     data = movie.data
     for child in iter_children(data, movie.mvex.payload_offset, movie.mvex.end):
         if child.type == b"trex" and child.payload_size >= 24:
-            track_id, _, _, size = struct.unpack_from(">IIII", data, child.payload_offset + 4)
-            sizes[track_id] = size
-    return sizes
+            track_id, _, duration, size = struct.unpack_from(">IIII", data, child.payload_offset + 4)
+            found[track_id] = (duration, size)
+    return found
 
 
-def _parse_tfhd(data: bytes, tfhd: Box) -> tuple[int, int, int | None, int | None]:
-    """(flags, track_ID, base_data_offset, default_sample_size) of a ``tfhd``."""
+def parse_tfhd(data: bytes, tfhd: Box) -> tuple[int, int, int | None, int | None, int | None]:
+    """(flags, track_ID, base_data_offset, default_sample_duration, default_sample_size) of a ``tfhd``."""
     full_box_version(data, tfhd)
     flags = FULL_BOX.unpack_from(data, tfhd.payload_offset)[0] & 0xFFFFFF
     fields = [(BASE_DATA_OFFSET, 8), (SAMPLE_DESCRIPTION_INDEX, 4), (DEFAULT_DURATION, 4), (DEFAULT_SIZE, 4),
@@ -86,17 +86,13 @@ def _parse_tfhd(data: bytes, tfhd: Box) -> tuple[int, int, int | None, int | Non
     if tfhd.payload_size < need:
         raise MalformedMedia(f"tfhd at moof byte {tfhd.offset} is too short for its flags")
     track_id = U32.unpack_from(data, tfhd.payload_offset + 4)[0]
+    values: dict[int, int] = {}
     at = tfhd.payload_offset + 8
-    base = size = None
     for bit, width in fields:
-        if not flags & bit:
-            continue
-        if bit == BASE_DATA_OFFSET:
-            base = U64.unpack_from(data, at)[0]
-        elif bit == DEFAULT_SIZE:
-            size = U32.unpack_from(data, at)[0]
-        at += width
-    return flags, track_id, base, size
+        if flags & bit:
+            values[bit] = (U64 if width == 8 else U32).unpack_from(data, at)[0]
+            at += width
+    return flags, track_id, values.get(BASE_DATA_OFFSET), values.get(DEFAULT_DURATION), values.get(DEFAULT_SIZE)
 
 
 def trun_layout(data: bytes, trun: Box, max_entries: int) -> tuple[int, int, int | None, int, int]:
@@ -151,7 +147,7 @@ def _moof_relative_tfhd(data: bytes, tfhd: Box) -> bytes:
 class Fragment:
     """One ``moof`` reduced to the kept tracks, with the runs its new mdat will hold."""
 
-    def __init__(self, moof_data: bytes, moof_offset: int, kept_ids: set[int], trex_sizes: dict[int, int],
+    def __init__(self, moof_data: bytes, moof_offset: int, kept_ids: set[int], trex: dict[int, tuple[int, int]],
                  limits: Limits) -> None:
         self.data = moof_data
         self.offset = moof_offset
@@ -164,13 +160,13 @@ class Fragment:
         for child in iter_children(moof_data, moof.payload_offset, moof.end):
             self._children.append(child)
             if child.type == b"traf":
-                previous_end = self._read_traf(child, previous_end, kept_ids, trex_sizes, limits)
+                previous_end = self._read_traf(child, previous_end, kept_ids, trex, limits)
         self.runs.sort(key=lambda run: run.source_offset)
         for before, after in zip(self.runs, self.runs[1:], strict=False):
             if before.source_offset + before.length > after.source_offset and before.length and after.length:
                 raise MalformedMedia(f"track runs overlap at byte {after.source_offset}")
 
-    def _read_traf(self, traf: Box, previous_end: int, kept_ids: set[int], trex_sizes: dict[int, int],
+    def _read_traf(self, traf: Box, previous_end: int, kept_ids: set[int], trex: dict[int, tuple[int, int]],
                    limits: Limits) -> int:
         data = self.data
         tfhd: Box | None = None
@@ -184,9 +180,9 @@ class Fragment:
                 truns.append(child)
         if tfhd is None:
             raise MalformedMedia("traf has no tfhd")
-        flags, track_id, base, default_size = _parse_tfhd(data, tfhd)
-        if default_size is None:
-            default_size = trex_sizes.get(track_id)
+        flags, track_id, base, _duration, default_size = parse_tfhd(data, tfhd)
+        if default_size is None and track_id in trex:
+            default_size = trex[track_id][1]
         if base is None:
             base = self.offset if flags & DEFAULT_BASE_IS_MOOF else previous_end
         runs: list[TrackRun] = []
@@ -255,7 +251,7 @@ class Fragment:
         return build_box(b"traf", *children)
 
 
-def _walk(source: Source, head_spans: Spans, head_length: int, kept_ids: set[int], trex: dict[int, int],
+def _walk(source: Source, head_spans: Spans, head_length: int, kept_ids: set[int], trex: dict[int, tuple[int, int]],
           limits: Limits) -> Iterator[Piece]:
     """Pieces after the head: the progressive spans, then each reduced fragment, in source order.
 
@@ -290,7 +286,7 @@ def _walk(source: Source, head_spans: Spans, head_length: int, kept_ids: set[int
         yield Spans(offsets[sent:], lengths[sent:])
 
 
-def _fragment_pieces(source: Source, moof: Box, kept_ids: set[int], trex: dict[int, int], limits: Limits,
+def _fragment_pieces(source: Source, moof: Box, kept_ids: set[int], trex: dict[int, tuple[int, int]], limits: Limits,
                      out_position: int) -> list[Piece]:
     """The new moof + mdat header and the audio runs of one fragment (nothing if it has no audio)."""
     if moof.size > limits.max_moof_size:
@@ -312,7 +308,7 @@ def plan_fragmented(source: Source, layout: Layout, movie: Movie, kept: list[Tra
     """Plan for a movie with ``mvex``: moov samples (if any) plus every fragment's audio."""
     head = build_head(layout, movie, kept, source.size, limits, omit_empty_mdat=True)
     kept_ids = {track.track_id for track in kept}
-    pieces = _walk(source, head.spans, len(head.data), kept_ids, _trex_sizes(movie), limits)
+    pieces = _walk(source, head.spans, len(head.data), kept_ids, trex_defaults(movie), limits)
     content_type = content_type_for(layout.major_brand)
     info = describe(layout, kept, True)
     if source.random_access:
