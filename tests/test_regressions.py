@@ -9,7 +9,8 @@ A case is either
 - a ``.json`` case, when the bug needs more than bytes: a request (``query``), an
   upstream that misbehaves (``upstream``: ``{"kind": "generator", "truncate_at": N}`` or
   ``{"kind": "static", "headers": [...]}``), an input too big to keep (``build``:
-  arguments of ``tests.test_hostile.Movie``), a tighter time bound (``seconds``). Its
+  arguments of ``tests.test_hostile.Movie``), a tighter time bound (``seconds``), no memory
+  tracing for a time-bound case (``"memory": null``). Its
   ``expect`` lists the allowed verdicts (``audio``, ``error``, ``aborted``) and
   ``status`` the error status, when it matters.
 
@@ -79,7 +80,7 @@ def test_regression(case: pathlib.Path, tmp_path: pathlib.Path) -> None:
     seconds = spec.get("seconds", fz.HANG_SECONDS)
     if "upstream" not in spec and "query" not in spec:
         fz.check_planners(data, sources=spec.get("sources", ("file", "stream", "stream-nolength")),
-                          hang_seconds=seconds)
+                          hang_seconds=seconds, memory=spec.get("memory", fz.MEMORY_BOUND))
         if spec.get("middleware", True):
             fz.check_middleware(data, workdir=tmp_path, hang_seconds=seconds)
         return
