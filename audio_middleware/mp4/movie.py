@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia, echo
 from ..limits import Limits
-from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, parse_header, rebuild, rebuild_parts
+from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, parse_header, rebuild_parts
 from .tracks import Track, parse_track
 
 U32 = struct.Struct(">I")
@@ -131,15 +131,8 @@ def movie_edits(movie: Movie, kept: list[Track], new_offsets: dict[int, array | 
     return edits
 
 
-def rewrite_movie(movie: Movie, kept: list[Track], new_offsets: dict[int, array | list[int]], wide: bool,
-                  limits: Limits, extra_edits: dict[int, bytes | None] | None = None) -> bytes:
-    """A copy of ``moov`` with only ``kept`` tracks, their chunk offsets replaced."""
-    edits = movie_edits(movie, kept, new_offsets, wide, extra_edits)
-    return rebuild(movie.data, movie.moov, edits, max_depth=limits.max_box_depth)
-
-
 def rewritten_size(movie: Movie, kept: list[Track], wide: bool, limits: Limits) -> int:
-    """Size :func:`rewrite_movie` will produce (offsets' values do not change it): no bytes copied."""
+    """Size of the moov :func:`movie_edits` describe (offsets' values do not change it): no bytes copied."""
     placeholder = {track.track_id: np.zeros(len(track.chunk_offsets), np.int64) for track in kept}
     edits = movie_edits(movie, kept, placeholder, wide, None)
     return rebuild_parts(movie.data, movie.moov, edits, max_depth=limits.max_box_depth)[0]

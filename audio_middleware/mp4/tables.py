@@ -139,10 +139,3 @@ def chunk_layout(stsc: tuple[np.ndarray, np.ndarray], chunk_count: int, sizes: S
     prefix = np.zeros(sizes.count + 1, np.int64)
     np.cumsum(np.frombuffer(sizes.sizes, np.uint32), out=prefix[1:])
     return prefix[ends] - prefix[starts], starts
-
-
-def chunk_sizes(stsc: list[tuple[int, int]], chunk_count: int, sizes: SampleSizes) -> tuple[list[int], list[int]]:
-    """:func:`chunk_layout` for callers holding ``stsc`` as (first_chunk, samples_per_chunk) pairs."""
-    columns = np.array(stsc, np.int64).reshape(-1, 2)
-    chunk_bytes, starts = chunk_layout((columns[:, 0], columns[:, 1]), chunk_count, sizes)
-    return chunk_bytes.tolist(), starts.tolist()
