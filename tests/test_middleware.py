@@ -47,6 +47,17 @@ def test_mp4_family_audio_is_identical(media, kind, source):
     assert upstream.closes == upstream.bodies
 
 
+@pytest.mark.parametrize("kind", ["mov", "3gp", "mp4_faststart"])
+def test_ftyp_and_brand_are_kept(media, kind):
+    """MOV stays QuickTime and 3GP stays 3GPP: the source's ftyp is copied unchanged."""
+    path = media(kind)
+    _, client = serve(path, "file")
+    body = client.get("/v?ali_audio_only=1").body
+    source = path.read_bytes()
+    size = int.from_bytes(source[:4], "big")
+    assert source[4:8] == b"ftyp" and body[:size] == source[:size]
+
+
 @pytest.mark.parametrize("source", ["file", "generator", "write"])
 @pytest.mark.parametrize("kind", FLV_KINDS)
 def test_flv_audio_is_identical(media, kind, source):
