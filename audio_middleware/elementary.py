@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
@@ -383,7 +384,7 @@ def _table_samples(data: bytes, track: Track, limits: Limits) -> Iterator[tuple[
     found = {child.type: child for child in iter_children(data, track.stbl.payload_offset, track.stbl.end)}
     sizes = SampleSizes(data, found.get(b"stsz") or found[b"stz2"], limits.max_table_entries)
     stsc = sample_to_chunk(data, found[b"stsc"], limits.max_table_entries)
-    table = sizes.sizes
+    table = None if sizes.sizes is None else array("I", sizes.sizes.astype("=u4").tobytes())  # fast item access
     sample = 0
     for offset, count in zip(track.chunk_offsets, _samples_per_chunk(stsc, len(track.chunk_offsets)),
                              strict=False):

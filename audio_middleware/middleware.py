@@ -36,7 +36,7 @@ from .plan import LazyPlan, Plan, Span
 from .rendition import Validators, answer_range, not_modified, validators_for
 from .renditions import Hit, RenditionStore
 from .sniff import Container, by_content_type, by_signature
-from .sources import FileSource, RangeSource, SequentialSource, Source, spool
+from .sources import FileSource, RangeSource, SequentialSource, Source, spool, stop_retaining
 from .upstream import CaptureFileWrapper, Upstream
 
 log = logging.getLogger("audio_middleware")
@@ -265,7 +265,7 @@ class AudioOnlyMiddleware:
         headers["Content-Type"] = plan.content_type
         status = "200 OK"
         if isinstance(plan, LazyPlan):
-            _release(source)
+            stop_retaining(source)  # planning is over
             first = next(plan.pieces, None)  # errors found before the first byte become HTTP errors
             pieces = plan.pieces if first is None else chain([first], plan.pieces)
             if self.range_policy == "reject" and environ.get("HTTP_RANGE"):
@@ -274,7 +274,7 @@ class AudioOnlyMiddleware:
         else:
             status, start, stop = self._sized(environ, headers, plan.length, validators)
             pieces = plan.pieces if status == "200 OK" else plan.slice(start, stop)
-            _release(source)
+            stop_retaining(source)  # planning is over
         start_response(status, headers.to_wsgi_list())
         if head:
             close_quietly(upstream)
@@ -390,8 +390,3 @@ def _tell(fileobj: object) -> int:
     except (AttributeError, OSError, ValueError, TypeError):
         return 0
 
-
-def _release(source: Source) -> None:
-    """Planning is over: a forward-only source may now forget bytes behind it."""
-    if isinstance(source, SequentialSource):
-        source.retain = False

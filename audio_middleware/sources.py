@@ -319,6 +319,12 @@ def _gather(pread: Callable, fd: int | None, start: int, offsets: Iterable[int],
         yield b"".join(parts)
 
 
+def stop_retaining(source: Source) -> None:
+    """No more random access will be asked of ``source``: a forward-only one may forget what it read."""
+    if isinstance(source, SequentialSource):
+        source.retain = False
+
+
 def spool(sequential: SequentialSource, limit: int) -> FileSource:
     """Copy the rest of a forward-only body to a temporary file, at most ``limit`` bytes.
 

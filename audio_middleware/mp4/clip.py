@@ -55,6 +55,8 @@ from fractions import Fraction
 from itertools import accumulate, compress, pairwise, repeat
 from operator import mul, sub
 
+import numpy as np
+
 from ..errors import InvalidRequest, MalformedMedia, RangeNotSatisfiable, UnsupportedMedia
 from ..limits import Limits
 from ..plan import Plan
@@ -63,7 +65,7 @@ from .layout import Layout
 from .movie import Movie, offsets_box, parse_movie, tref_edits
 from .progressive import plan_progressive
 from .tables import SampleSizes, big_endian_array, counted_entries
-from .tracks import Track
+from .tracks import Track, chunk_first_samples_of
 
 __all__ = ["clip_movie", "plan_clipped", "ClippedMovie"]
 
@@ -217,6 +219,8 @@ class _Cut:
     stbl_children: list[Box]
     sizes: SampleSizes
     stsc: tuple[array, array, array]
+    chunk_first: np.ndarray  # first sample of every chunk
+    covered: int  # samples the chunks hold
     timing: _Timing
     first_sample: int
     end_sample: int
@@ -245,7 +249,7 @@ def _cut_track(data: bytes, track: Track, movie_scale: int, start: float | None,
     size_box = found.get(b"stsz") or found.get(b"stz2")
     sizes = SampleSizes(data, size_box, limits.max_table_entries)
     stsc = _stsc(data, found[b"stsc"], limits)
-    covered = _covered_samples(track, stsc)
+    chunk_first, covered = chunk_first_samples_of(data, track, limits)
     total = min(sizes.count, covered, timing.samples)
 
     empty = Fraction(edit.empty, movie_scale)
@@ -284,8 +288,8 @@ def _cut_track(data: bytes, track: Track, movie_scale: int, start: float | None,
     segment = math.ceil((shown_to - shown_from) * movie_scale / scale)
     first = empty + Fraction(shown_from - edit.media_time, scale)
     last = empty + (shown_to - edit.media_time) / scale
-    return _Cut(track, children, sizes, stsc, timing, first_sample, end_sample, media_time, segment, first,
-                last), track_end
+    return _Cut(track, children, sizes, stsc, chunk_first, covered, timing, first_sample, end_sample, media_time,
+                segment, first, last), track_end
 
 
 def _read_edit(data: bytes, track: Track, scale: int, movie_scale: int, limits: Limits) -> _Edit:
@@ -322,18 +326,6 @@ def _stsc(data: bytes, box: Box, limits: Limits) -> tuple[array, array, array]:
     if not all(a < b for a, b in pairwise(firsts)):
         raise MalformedMedia("stsc first_chunk values do not increase")
     return firsts, table[1::3], table[2::3]
-
-
-def _covered_samples(track: Track, stsc: tuple[array, array, array]) -> int:
-    """How many samples the chunks hold (samples past them are ignored, as demuxers do)."""
-    chunks = len(track.chunk_offsets)
-    if not chunks:
-        return 0
-    firsts, per_chunk, _ = stsc
-    entry = bisect_right(firsts, chunks) - 1
-    if entry < 0:
-        raise MalformedMedia("stsc does not start at chunk 1")
-    return track.chunk_first_sample[-1] + per_chunk[entry]
 
 
 def _sync_at_or_before(data: bytes, stss: Box, sample: int, limits: Limits) -> int:
@@ -477,7 +469,7 @@ def _runs_box(kind: bytes, head: bytes, counts: array, values: array, extra: byt
 def _stsz(sizes: SampleSizes, lo: int, hi: int) -> bytes:
     if sizes.sizes is None:
         return build_box(b"stsz", b"\0\0\0\0", struct.pack(">II", sizes.constant, hi - lo))
-    return build_box(b"stsz", b"\0\0\0\0", struct.pack(">II", 0, hi - lo), _be_bytes(sizes.sizes[lo:hi]))
+    return build_box(b"stsz", b"\0\0\0\0", struct.pack(">II", 0, hi - lo), sizes.sizes[lo:hi].astype(">u4").tobytes())
 
 
 def _chunks(cut: _Cut) -> tuple[bytes, bytes]:
@@ -488,7 +480,7 @@ def _chunks(cut: _Cut) -> tuple[bytes, bytes]:
     """
     track, lo, hi = cut.track, cut.first_sample, cut.end_sample
     firsts, per_chunk, descriptions = cut.stsc
-    chunk_first = track.chunk_first_sample
+    chunk_first = cut.chunk_first
     chunks = len(chunk_first)
     first = bisect_right(chunk_first, lo) - 1
     last = bisect_right(chunk_first, hi - 1) - 1
@@ -499,7 +491,7 @@ def _chunks(cut: _Cut) -> tuple[bytes, bytes]:
     starts = array("I", [1]) + array("I", map(sub, firsts[e0 + 1:e1 + 1], repeat(first)))
     pers = per_chunk[e0:e1 + 1]
     descs = descriptions[e0:e1 + 1]
-    end_of_first = chunk_first[first + 1] if first + 1 < chunks else _covered_samples(track, cut.stsc)
+    end_of_first = chunk_first[first + 1] if first + 1 < chunks else cut.covered
     head = min(hi, end_of_first) - lo
     if pers[0] != head:
         if (starts[1] if len(starts) > 1 else kept_chunks + 1) == 2:  # the entry holds just this chunk
@@ -530,7 +522,7 @@ def _chunks(cut: _Cut) -> tuple[bytes, bytes]:
     if sizes.sizes is None:
         offsets[0] += (lo - chunk_first[first]) * sizes.constant
     else:
-        offsets[0] += sum(sizes.sizes[chunk_first[first]:lo])
+        offsets[0] += int(sizes.sizes[chunk_first[first]:lo].sum(dtype=np.int64))
     return stsc, offsets_box(offsets, max(offsets) > MAX_U32)
 
 

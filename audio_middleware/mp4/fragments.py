@@ -16,6 +16,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from ..errors import LimitExceeded, MalformedMedia, UnsupportedMedia
 from ..limits import Limits
@@ -251,20 +252,20 @@ class Fragment:
         return build_box(b"traf", *children)
 
 
-def _walk(source: Source, head_spans: Spans, head_length: int, kept_ids: set[int], trex: dict[int, tuple[int, int]],
-          limits: Limits) -> Iterator[Piece]:
+def _walk(source: Source, start: int, head_spans: Spans, head_length: int, kept_ids: set[int],
+          trex: dict[int, tuple[int, int]], limits: Limits) -> Iterator[Piece]:
     """Pieces after the head: the progressive spans, then each reduced fragment, in source order.
 
     The progressive spans (the moov's own samples, in a partially fragmented file)
     go out as slices of one :class:`Spans`, each before the first top-level box
     that ends after them. The header of the box after a ``moof`` is read before
     the fragment's spans are yielded: on a forward-only source those spans move
-    the read position past it.
+    the read position past it. The walk begins at top-level offset ``start``.
     """
     offsets, lengths = head_spans.offsets, head_spans.lengths
     sent = 0  # progressive spans already yielded
     out_position = head_length + head_spans.length
-    box = read_top_header(source, 0)
+    box = read_top_header(source, start)
     for _ in range(limits.max_top_level_boxes * 100):
         if box is None:
             break
@@ -308,14 +309,12 @@ def plan_fragmented(source: Source, layout: Layout, movie: Movie, kept: list[Tra
     """Plan for a movie with ``mvex``: moov samples (if any) plus every fragment's audio."""
     head = build_head(layout, movie, kept, source.size, limits, omit_empty_mdat=True)
     kept_ids = {track.track_id for track in kept}
-    pieces = _walk(source, head.spans, len(head.data), kept_ids, trex_defaults(movie), limits)
+    # A forward-only source is past the moov (and it was read before any media data); a file may even
+    # hold fragments before its moov, so it is walked from the start.
+    start = 0 if source.random_access else layout.moov_box.end
+    pieces = _walk(source, start, head.spans, head.length, kept_ids, trex_defaults(movie), limits)
     content_type = content_type_for(layout.major_brand)
     info = describe(layout, kept, True)
     if source.random_access:
-        return Plan((Literal(head.data), *pieces), content_type, info)
-    return LazyPlan(_prepend(Literal(head.data), pieces), content_type, info)
-
-
-def _prepend(first: Piece, rest: Iterator[Piece]) -> Iterator[Piece]:
-    yield first
-    yield from rest
+        return Plan((*head.literals, *pieces), content_type, info)
+    return LazyPlan(chain(head.literals, pieces), content_type, info)

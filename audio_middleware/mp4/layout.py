@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from ..errors import LimitExceeded, MalformedMedia, NeedsRandomAccess
 from ..limits import Limits
-from ..sources import Source, read_exact
+from ..sources import Source, read_exact, stop_retaining
 from .boxes import Box, parse_header
+from .moov_read import read_condensed_moov
 
 #: Largest non-media box read through on a forward-only source before moov.
 MAX_PREAMBLE_BOX = 1024 * 1024
@@ -26,7 +27,8 @@ class Layout:
     """What the top level told us: the first ftyp (if any) and the moov box."""
 
     ftyp: bytes | None
-    moov: bytes
+    #: The moov without the sample tables of non-audio tracks (see :mod:`.moov_read`).
+    moov: bytes | bytearray
     moov_box: Box
 
     @property
@@ -48,7 +50,12 @@ def read_top_header(source: Source, offset: int) -> Box | None:
 
 
 def find_moov(source: Source, limits: Limits) -> Layout:
-    """Locate and read ``moov`` (bounded by ``limits.max_moov_size``)."""
+    """Locate and read ``moov`` (bounded by ``limits.max_moov_size``).
+
+    On a forward-only source, finding the moov before any media data settles
+    that the body can be streamed, so the source stops retaining what it has
+    read (kept until now only so that the body could still be spooled).
+    """
     offset = 0
     ftyp: bytes | None = None
     preamble = 0
@@ -59,7 +66,9 @@ def find_moov(source: Source, limits: Limits) -> Layout:
         if box.type == b"moov":
             if box.size > limits.max_moov_size:
                 raise LimitExceeded(f"moov is {box.size} bytes, more than max_moov_size ({limits.max_moov_size})")
-            return Layout(ftyp, read_exact(source, box.offset, box.size, "the moov box"), box)
+            # From here on nothing can ask for random access: the movie header is in front.
+            stop_retaining(source)
+            return Layout(ftyp, read_condensed_moov(source, box, limits), box)
         if box.type == b"ftyp" and ftyp is None:
             if box.size > MAX_FTYP:
                 raise MalformedMedia(f"ftyp of {box.size} bytes")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from .tracks import Track, parse_track
 
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
-OFFSET_HEAD = struct.Struct(">II")  # version/flags, entry_count
+OFFSET_BOX_HEAD = struct.Struct(">I4sII")  # size, type, version/flags, entry_count
 
 
 @dataclass
@@ -103,15 +104,29 @@ def select_audio(movie: Movie, selector: str | None) -> list[Track]:
     return chosen[:1]
 
 
-def offsets_box(values: np.ndarray | array | list[int], wide: bool) -> bytes:
-    """A ``stco`` (32-bit) or ``co64`` (64-bit) box holding ``values``."""
-    table = np.asarray(values, dtype=">u8" if wide else ">u4")
-    return build_box(b"co64" if wide else b"stco", OFFSET_HEAD.pack(0, len(table)), table.tobytes())
+def offsets_box(values: np.ndarray | array | list[int], wide: bool) -> bytearray:
+    """A ``stco`` (32-bit) or ``co64`` (64-bit) box holding ``values``, written in place (no temporaries)."""
+    count = len(values)
+    box = bytearray(OFFSET_BOX_HEAD.size + count * (8 if wide else 4))
+    OFFSET_BOX_HEAD.pack_into(box, 0, len(box), b"co64" if wide else b"stco", 0, count)
+    if count:
+        np.frombuffer(box, ">u8" if wide else ">u4", count, OFFSET_BOX_HEAD.size)[:] = values
+    return box
 
 
-def movie_edits(movie: Movie, kept: list[Track], new_offsets: dict[int, array | list[int]], wide: bool,
+class SizedPlaceholder:
+    """Stands for a box of known length in :func:`movie_edits`, to size a moov without building it."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def movie_edits(movie: Movie, kept: list[Track], new_offsets: Mapping[int, bytes | bytearray | SizedPlaceholder],
                 extra_edits: dict[int, bytes | None] | None) -> dict[int, bytes | None]:
-    """The box edits that keep only ``kept`` tracks with their chunk offsets replaced."""
+    """The box edits that keep only ``kept`` tracks, with their chunk offset boxes replaced by ``new_offsets``."""
     data = movie.data
     kept_ids = {track.track_id for track in kept}
     edits: dict[int, bytes | None] = dict(extra_edits or {})
@@ -120,7 +135,7 @@ def movie_edits(movie: Movie, kept: list[Track], new_offsets: dict[int, array | 
             edits[track.box.offset] = None
             continue
         if track.offsets_box is not None and track.track_id in new_offsets:
-            edits[track.offsets_box.offset] = offsets_box(new_offsets[track.track_id], wide)
+            edits[track.offsets_box.offset] = new_offsets[track.track_id]  # type: ignore[assignment]
         edits.update(tref_edits(data, track.box, kept_ids))
     if movie.mvex is not None:
         for child in iter_children(data, movie.mvex.payload_offset, movie.mvex.end):
@@ -132,9 +147,11 @@ def movie_edits(movie: Movie, kept: list[Track], new_offsets: dict[int, array | 
 
 
 def rewritten_size(movie: Movie, kept: list[Track], wide: bool, limits: Limits) -> int:
-    """Size of the moov :func:`movie_edits` describe (offsets' values do not change it): no bytes copied."""
-    placeholder = {track.track_id: np.zeros(len(track.chunk_offsets), np.int64) for track in kept}
-    edits = movie_edits(movie, kept, placeholder, wide, None)
+    """Size of the moov :func:`movie_edits` describe (offsets' values do not change it): nothing is built."""
+    width = 8 if wide else 4
+    placeholders = {track.track_id: SizedPlaceholder(OFFSET_BOX_HEAD.size + width * len(track.chunk_offsets))
+                    for track in kept}
+    edits = movie_edits(movie, kept, placeholders, None)
     return rebuild_parts(movie.data, movie.moov, edits, max_depth=limits.max_box_depth)[0]
 
 

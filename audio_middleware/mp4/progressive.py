@@ -17,7 +17,7 @@ from ..limits import Limits
 from ..plan import Literal, Piece, Plan, Spans
 from .boxes import MAX_U32, box_header, rebuild_parts
 from .layout import Layout
-from .movie import Movie, movie_edits, rewritten_size
+from .movie import Movie, movie_edits, offsets_box, rewritten_size
 from .tracks import Track
 
 
@@ -30,52 +30,73 @@ def content_type_for(brand: bytes) -> str:
     return "audio/mp4"
 
 
-def _source_order(tracks: list[Track]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All audio chunks as (offsets, sizes, order), ``order`` sorting them by source offset.
+def _source_order(tracks: list[Track]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """All audio chunks as (offsets, sizes, order) sorted by source offset.
 
-    ``order`` indexes the chunks of all tracks concatenated in ``tracks`` order.
+    ``order`` indexes the chunks of all tracks concatenated in ``tracks`` order,
+    or is None when they already are in source order (one track, the usual
+    case: then the track's own arrays are returned, nothing is copied).
     """
-    offsets = np.concatenate([track.chunk_offsets for track in tracks]) if tracks else np.zeros(0, np.int64)
-    sizes = np.concatenate([track.chunk_sizes for track in tracks]) if tracks else np.zeros(0, np.int64)
-    if len(offsets) < 2 or bool(np.all(offsets[1:] >= offsets[:-1])):
-        order = np.arange(len(offsets))
+    if len(tracks) == 1:
+        offsets, sizes = tracks[0].chunk_offsets, tracks[0].chunk_sizes
+    elif tracks:
+        offsets = np.concatenate([track.chunk_offsets for track in tracks])
+        sizes = np.concatenate([track.chunk_sizes for track in tracks])
     else:
-        order = np.argsort(offsets, kind="stable")
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), None
+    if len(offsets) < 2 or bool(np.all(offsets[1:] >= offsets[:-1])):
+        return offsets, sizes, None
+    order = np.argsort(offsets, kind="stable")
     return offsets[order], sizes[order], order
 
 
-def _check_chunks(offsets: np.ndarray, sizes: np.ndarray, source_size: int | None) -> None:
-    """Chunks must not overlap and must lie inside the file when its size is known."""
+def _chunk_ends(offsets: np.ndarray, sizes: np.ndarray, source_size: int | None) -> np.ndarray:
+    """Where each chunk ends; chunks must not overlap and must lie inside the file when its size is known."""
+    ends = offsets + sizes
     if not len(offsets):
-        return
+        return ends
     if offsets[0] < 0:
         raise MalformedMedia(f"audio chunk offset {int(offsets[0])} is out of range")
-    ends = offsets + sizes
     overlapping = np.flatnonzero((ends[:-1] > offsets[1:]) & (sizes[:-1] > 0) & (sizes[1:] > 0))
     if overlapping.size:
         raise MalformedMedia(f"audio chunks overlap at byte {int(offsets[overlapping[0] + 1])}")
     last = int(ends.max())
     if source_size is not None and last > source_size:
         raise MalformedMedia(f"audio chunk ends at byte {last}, past the end of the file ({source_size})")
+    return ends
 
 
 @dataclass
 class Head:
-    """The generated front of the output and the audio chunks that follow it."""
+    """The generated front of the output and the audio chunks that follow it.
 
-    data: bytes
+    ``literals`` are ftyp, the new moov (in parts: unchanged boxes are views of
+    the parsed moov, so it is never copied whole) and the mdat header.
+    """
+
+    literals: list[Literal]
     spans: Spans
+
+    @property
+    def length(self) -> int:
+        return sum(literal.length for literal in self.literals)
 
 
 def build_head(layout: Layout, movie: Movie, kept: list[Track], source_size: int | None, limits: Limits, *,
                omit_empty_mdat: bool = False) -> Head:
-    """``ftyp`` + new ``moov`` + ``mdat`` header, and the spans of the audio chunks in that mdat."""
+    """``ftyp`` + new ``moov`` + ``mdat`` header, and the spans of the audio chunks in that mdat.
+
+    Arrays of one value per chunk (180k of them for a 2-hour movie) are made
+    one at a time and dropped as soon as they are used: peak memory while
+    planning is a target of its own (issue 6).
+    """
     offsets, sizes, order = _source_order(kept)
-    _check_chunks(offsets, sizes, source_size)
-    payload = int(sizes.sum())
+    ends = _chunk_ends(offsets, sizes, source_size)
+    spans = _runs(offsets, sizes, ends)
+    del ends
+    payload = spans.length
     ftyp = layout.ftyp or b""
     mdat_header = b"" if omit_empty_mdat and not payload else box_header(b"mdat", payload)
-    counts = [len(track.chunk_offsets) for track in kept]
     wide = False
     moov_length = rewritten_size(movie, kept, wide, limits)
     data_start = len(ftyp) + moov_length + len(mdat_header)
@@ -83,26 +104,46 @@ def build_head(layout: Layout, movie: Movie, kept: list[Track], source_size: int
         wide = True
         moov_length = rewritten_size(movie, kept, wide, limits)
         data_start = len(ftyp) + moov_length + len(mdat_header)
-
-    positions = np.empty(len(order), np.int64)
-    positions[order] = data_start + np.cumsum(sizes) - sizes  # new offset of each chunk, in track order
-    splits = np.cumsum(counts)[:-1]
-    new_offsets = {track.track_id: part for track, part in zip(kept, np.split(positions, splits))}
-    size, parts = rebuild_parts(movie.data, movie.moov, movie_edits(movie, kept, new_offsets, wide, None),
+    boxes = _offset_boxes(kept, sizes, order, data_start, wide)
+    del offsets, sizes, order
+    size, parts = rebuild_parts(movie.data, movie.moov, movie_edits(movie, kept, boxes, None),
                                 max_depth=limits.max_box_depth)
     if size != moov_length:
         raise MalformedMedia("rewritten moov changed size between passes")
-    return Head(b"".join([ftyp, *parts, mdat_header]), _runs(offsets, sizes))  # one copy of the new moov
+    return Head([Literal(part) for part in (ftyp, *parts, mdat_header) if len(part)], spans)
 
 
-def _runs(offsets: np.ndarray, sizes: np.ndarray) -> Spans:
+def _offset_boxes(kept: list[Track], sizes: np.ndarray, order: np.ndarray | None, data_start: int, wide: bool
+                  ) -> dict[int, bytearray]:
+    """Each kept track's new ``stco``/``co64``: its chunks' offsets in the output's mdat."""
+    positions = np.cumsum(sizes)  # chunks in source order, laid end to end after data_start
+    positions -= sizes
+    positions += data_start
+    if order is not None:
+        in_track_order = np.empty_like(positions)
+        in_track_order[order] = positions
+        positions = in_track_order
+    boxes, first = {}, 0
+    for track in kept:
+        count = len(track.chunk_offsets)
+        boxes[track.track_id] = offsets_box(positions[first:first + count], wide)
+        first += count
+    return boxes
+
+
+def _runs(offsets: np.ndarray, sizes: np.ndarray, ends: np.ndarray) -> Spans:
     """One span per run of chunks that touch in the source (empty chunks dropped)."""
     keep = sizes > 0
-    offsets, sizes = offsets[keep], sizes[keep]
+    if not keep.all():
+        offsets, sizes, ends = offsets[keep], sizes[keep], ends[keep]
+    del keep
     if not len(offsets):
         return Spans((), ())
-    ends = offsets + sizes
-    starts_run = np.flatnonzero(np.concatenate(([True], offsets[1:] != ends[:-1])))
+    breaks = offsets[1:] != ends[:-1]
+    if breaks.all():  # nothing touches (interleaved media): one span per chunk, as they are
+        return Spans.from_arrays(offsets, sizes)
+    starts_run = np.flatnonzero(np.concatenate(([True], breaks)))
+    del breaks
     ends_run = np.append(starts_run[1:], len(offsets)) - 1
     run_offsets = offsets[starts_run]
     return Spans.from_arrays(run_offsets, ends[ends_run] - run_offsets)
@@ -123,5 +164,5 @@ def plan_progressive(layout: Layout, movie: Movie, kept: list[Track], source_siz
                      limits: Limits) -> Plan:
     """The complete plan for a non-fragmented movie keeping ``kept`` audio tracks."""
     head = build_head(layout, movie, kept, source_size, limits)
-    pieces: list[Piece] = [Literal(head.data), head.spans]
+    pieces: list[Piece] = [*head.literals, head.spans]
     return Plan(tuple(pieces), content_type_for(layout.major_brand), describe(layout, kept, False))

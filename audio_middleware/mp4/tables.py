@@ -2,9 +2,10 @@
 
 Counts are checked against the box payload before anything is allocated, and
 against :class:`~audio_middleware.limits.Limits`. Tables are decoded in bulk
-(``array`` + ``byteswap``) and the chunk layout is computed with numpy: a
-2-hour movie has ~100k ``stsc`` entries and ~180k chunks per track, which a
-Python step per entry turned into a quarter of a second per cold plan.
+(numpy views of the box's bytes; ``array`` + ``byteswap`` where a copy is
+needed) and the chunk layout is computed with numpy: a 2-hour movie has ~100k
+``stsc`` entries and ~180k chunks per track, which a Python step per entry
+turned into a quarter of a second per cold plan.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ def counted_entries(data: bytes | memoryview, box: Box, head: int, entry_size: f
     return count, start + 4
 
 
-def chunk_offsets(data: bytes | memoryview, box: Box, max_entries: int) -> array:
-    """Chunk offsets from ``stco`` (32-bit) or ``co64`` (64-bit)."""
+def chunk_offsets(data: bytes | memoryview, box: Box, max_entries: int) -> np.ndarray:
+    """Chunk offsets from ``stco`` (32-bit) or ``co64`` (64-bit), as int64."""
     width = 8 if box.type == b"co64" else 4
     count, first = counted_entries(data, box, 4, width, max_entries)
-    return big_endian_array("Q" if width == 8 else "I", data[first:first + count * width])
+    return np.frombuffer(data, ">u8" if width == 8 else ">u4", count, first).astype(np.int64)
 
 
 def stsc_columns(data: bytes | memoryview, box: Box, max_entries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +80,16 @@ def sample_to_chunk(data: bytes | memoryview, box: Box, max_entries: int) -> lis
 
 
 class SampleSizes:
-    """``stsz``/``stz2``: a constant size, or one size per sample."""
+    """``stsz``/``stz2``: a constant size, or one size per sample.
+
+    ``sizes`` is a numpy view of the box's own bytes (``>u4``) for ``stsz``:
+    a 2-hour movie's audio has 310k sizes, and a copy of them is memory the
+    plan does not need.
+    """
 
     def __init__(self, data: bytes | memoryview, box: Box, max_entries: int) -> None:
         self.constant = 0
-        self.sizes: array | None = None
+        self.sizes: np.ndarray | None = None
         if box.type == b"stsz":
             if box.payload_size < 12:
                 raise MalformedMedia(f"stsz at byte {box.offset} is too short")
@@ -93,7 +99,7 @@ class SampleSizes:
             self.count = count
             if self.constant == 0:
                 count, first = counted_entries(data, box, 8, 4, max_entries)
-                self.sizes = big_endian_array("I", data[first:first + count * 4])
+                self.sizes = np.frombuffer(data, ">u4", count, first)
             return
         # stz2: reserved (3 bytes), field_size (1 byte), sample_count, packed entries
         if box.payload_size < 12:
@@ -110,32 +116,55 @@ class SampleSizes:
         else:
             packed = np.frombuffer(data, np.uint8, (count + 1) // 2, first)
             wide = np.stack((packed >> 4, packed & 15), axis=1).reshape(-1)[:count].astype(np.uint32)
-        self.sizes = array("I", wide.tobytes())
+        self.sizes = wide
 
 
-def chunk_layout(stsc: tuple[np.ndarray, np.ndarray], chunk_count: int, sizes: SampleSizes
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Byte size and first sample index of every chunk, as int64 arrays.
+def chunk_first_samples(stsc: tuple[np.ndarray, np.ndarray], chunk_count: int, sample_count: int
+                        ) -> tuple[np.ndarray, int]:
+    """The first sample index of every chunk (int64), and how many samples the chunks hold.
 
     Samples beyond those the chunks describe are ignored (as demuxers do); chunks
     that would need more samples than ``stsz`` lists are malformed.
     """
     first_chunk, per_chunk = stsc
     if not chunk_count:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), 0
     if not first_chunk.size or first_chunk[0] != 1:
         raise MalformedMedia("stsc does not start at chunk 1")
     following = np.append(first_chunk[1:], chunk_count + 1)
     runs = np.clip(np.minimum(following, chunk_count + 1) - first_chunk, 0, None)
-    if int(np.dot(runs, per_chunk.astype(np.float64))) > sizes.count:  # float: no overflow on hostile counts
-        raise MalformedMedia(f"stsc describes more samples than the {sizes.count} in stsz")
+    if int(np.dot(runs, per_chunk.astype(np.float64))) > sample_count:  # float: no overflow on hostile counts
+        raise MalformedMedia(f"stsc describes more samples than the {sample_count} in stsz")
     samples = np.repeat(per_chunk, runs)
-    ends = np.cumsum(samples)
-    if ends[-1] > sizes.count:
-        raise MalformedMedia(f"stsc describes more samples than the {sizes.count} in stsz")
-    starts = ends - samples
+    del following, runs
+    starts = np.empty(chunk_count, np.int64)
+    starts[0] = 0
+    np.cumsum(samples[:-1], out=starts[1:])
+    total = int(starts[-1] + samples[-1])
+    if total > sample_count:
+        raise MalformedMedia(f"stsc describes more samples than the {sample_count} in stsz")
+    return starts, total
+
+
+def chunk_sizes(first_samples: np.ndarray, total: int, sizes: SampleSizes, most_per_chunk: int) -> np.ndarray:
+    """Byte size of every chunk (int64) from its first sample and the sample sizes.
+
+    ``np.add.reduceat`` sums each chunk's samples without the full prefix-sum
+    array (an int64 per sample) the obvious way needs; it only needs care for
+    empty chunks, where it returns the next sample's size instead of 0.
+    """
+    chunks = len(first_samples)
     if sizes.sizes is None:
-        return samples * sizes.constant, starts
-    prefix = np.zeros(sizes.count + 1, np.int64)
-    np.cumsum(np.frombuffer(sizes.sizes, np.uint32), out=prefix[1:])
-    return prefix[ends] - prefix[starts], starts
+        counts = np.diff(first_samples, append=total)
+        counts *= sizes.constant
+        return counts
+    out = np.zeros(chunks, np.int64)
+    filled = int(np.searchsorted(first_samples, total))  # chunks from here on are empty
+    if not filled:
+        return out
+    table = sizes.sizes[:total]
+    wide = int(table.max()) * most_per_chunk > 0xFFFFFFFF  # could a chunk's sum overflow 32 bits?
+    out[:filled] = np.add.reduceat(table, first_samples[:filled], dtype=np.int64 if wide else np.uint32)
+    empty = np.flatnonzero(first_samples[1:filled] == first_samples[:filled - 1])
+    out[empty] = 0
+    return out

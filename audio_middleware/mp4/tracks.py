@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import MalformedMedia
 from ..limits import Limits
 from .boxes import Box, child_path, full_box_version, iter_children, only_child
-from .tables import SampleSizes, chunk_layout, chunk_offsets, stsc_columns
+from .tables import SampleSizes, chunk_first_samples, chunk_offsets, chunk_sizes, stsc_columns
 
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
@@ -39,11 +39,10 @@ class Track:
     #: The stbl box holding the sample tables, and its chunk offset box (stco or co64).
     stbl: Box | None = None
     offsets_box: Box | None = None
-    #: Source offset, byte size and first sample index of every chunk (audio tracks only),
+    #: Source offset and byte size of every chunk (audio tracks only),
     #: as int64 numpy arrays: long movies have hundreds of thousands of chunks.
     chunk_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     chunk_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    chunk_first_sample: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def is_audio(self) -> bool:
@@ -132,10 +131,23 @@ def _read_audio_tables(data: bytes | memoryview, mdia: Box, track: Track, limits
     sizes = SampleSizes(data, size_boxes[0], limits.max_table_entries)
     track.sample_count = sizes.count
     track.offsets_box = offset_boxes[0]
-    offsets = chunk_offsets(data, offset_boxes[0], limits.max_table_entries)
+    track.chunk_offsets = chunk_offsets(data, offset_boxes[0], limits.max_table_entries)
     stsc = stsc_columns(data, found[b"stsc"][0], limits.max_table_entries)
-    track.chunk_sizes, track.chunk_first_sample = chunk_layout(stsc, len(offsets), sizes)
-    track.chunk_offsets = np.frombuffer(offsets, np.uint64 if offsets.typecode == "Q" else np.uint32).astype(np.int64)
+    first_samples, covered = chunk_first_samples(stsc, len(track.chunk_offsets), sizes.count)
+    most = int(stsc[1].max()) if len(stsc[1]) else 0
+    del stsc  # one int64 column pair per stsc entry: not needed any more
+    track.chunk_sizes = chunk_sizes(first_samples, covered, sizes, most)
+
+
+def chunk_first_samples_of(data: bytes | memoryview, track: Track, limits: Limits) -> tuple[np.ndarray, int]:
+    """First sample index of every chunk of an audio track, and how many samples its chunks hold.
+
+    Recomputed from ``stsc`` rather than kept on :class:`Track`: only seeking
+    needs it, and it is an int64 per chunk held through every cold plan.
+    """
+    stsc = only_child(data, track.stbl, b"stsc")
+    columns = stsc_columns(data, stsc, limits.max_table_entries)
+    return chunk_first_samples(columns, len(track.chunk_offsets), track.sample_count)
 
 
 def _first_sample_entry(data: bytes | memoryview, stsd: Box) -> str:
