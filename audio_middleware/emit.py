@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from .plan import Literal, Piece, Spans
 from .sources import Source, read_exact
 
-DEFAULT_BLOCK = 256 * 1024
+DEFAULT_BLOCK = 128 * 1024  # small enough that a block and its parts stay under 2 MB of RSS headroom
 
 
 def iter_plan_bytes(pieces: Iterable[Piece], source: Source, block_size: int = DEFAULT_BLOCK) -> Iterator[bytes]:
