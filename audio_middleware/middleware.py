@@ -19,6 +19,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable
+from functools import partial
 from itertools import chain
 from urllib.parse import parse_qsl, urlencode
 
@@ -33,6 +34,7 @@ from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsR
 from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
 from .plan import LazyPlan, Plan, Span
+from .record import recording
 from .rendition import Validators, answer_range, not_modified, validators_for
 from .renditions import Hit, RenditionStore
 from .sniff import Container, by_content_type, by_signature
@@ -183,8 +185,10 @@ class AudioOnlyMiddleware:
                 return self._send_stored(environ, start_response, upstream, source, hit, base_headers, validators,
                                          head)
 
-        plan, source = self._plan(found, source, upstream, upstream_environ, selection, validators, environ)
-        return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head, stored_as)
+        key = self._cache_key(environ, upstream_environ, validators, found, selection)
+        plan, source = self._plan(found, source, upstream, upstream_environ, selection, key, environ)
+        return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head, stored_as,
+                          key)
 
     def _initial_source(self, upstream: Upstream) -> Source:
         served = upstream.served_file
@@ -193,12 +197,18 @@ class AudioOnlyMiddleware:
             return FileSource(served.file, start=start, size=upstream.content_length)
         return SequentialSource(upstream.chunks(), upstream.content_length, retain=True)
 
+    @staticmethod
+    def _cache_key(environ: dict, upstream_environ: dict, validators: Validators, container: Container,
+                   selection: Selection) -> tuple | None:
+        """The plan cache's key: the resource, its validators and the selection (None: never cached)."""
+        if validators.source is None:
+            return None
+        return (environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""), upstream_environ["QUERY_STRING"],
+                validators.source, container.value, selection.key)
+
     def _plan(self, container: Container, source: Source, upstream: Upstream, upstream_environ: dict,
-              selection: Selection, validators: Validators, environ: dict) -> tuple[Plan | LazyPlan, Source]:
-        key = None
-        if validators.source is not None:
-            key = (environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""), upstream_environ["QUERY_STRING"],
-                   validators.source, container.value, selection.key)
+              selection: Selection, key: tuple | None, environ: dict) -> tuple[Plan | LazyPlan, Source]:
+        if key is not None:
             cached = self.cache.get(key)
             if cached is not None and (source.random_access or cached.forward_only):
                 return cached, source
@@ -260,14 +270,22 @@ class AudioOnlyMiddleware:
 
     def _send(self, environ: dict, start_response: Callable, upstream: Upstream, source: Source,
               plan: Plan | LazyPlan, headers: Headers, validators: Validators, head: bool,
-              stored_as: str | None = None) -> Iterable[bytes]:
-        """Answer from the plan; ``stored_as``: the rendition store's tag (a full 200 is copied there)."""
+              stored_as: str | None = None, key: tuple | None = None) -> Iterable[bytes]:
+        """Answer from the plan; ``stored_as``: the rendition store's tag (a full 200 is copied there).
+
+        A lazy plan streamed to its end is recorded into the plan cache under ``key``
+        (see :mod:`audio_middleware.record`): the next request gets a sized answer.
+        """
         headers["Content-Type"] = plan.content_type
         status = "200 OK"
         if isinstance(plan, LazyPlan):
             stop_retaining(source)  # planning is over
-            first = next(plan.pieces, None)  # errors found before the first byte become HTTP errors
-            pieces = plan.pieces if first is None else chain([first], plan.pieces)
+            lazy = plan
+            if key is not None and not head and self.cache.max_entries:
+                lazy = LazyPlan(recording(plan, self.cache.max_bytes, partial(self.cache.put, key)),
+                                plan.content_type, plan.info)
+            first = next(lazy.pieces, None)  # errors found before the first byte become HTTP errors
+            pieces = lazy.pieces if first is None else chain([first], lazy.pieces)
             if self.range_policy == "reject" and environ.get("HTTP_RANGE"):
                 raise _Unsatisfiable(None)
             headers["Accept-Ranges"] = "none"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 
 import pytest
 import requests
@@ -63,13 +64,26 @@ def test_mp4_has_exact_content_length(server, mode, name):
 
 
 @pytest.mark.parametrize("name", ["flv_aac.flv", "mp4_fragmented.mp4"])
-def test_forward_only_streams_are_chunked(server, name):
+def test_forward_only_streams_are_chunked_then_recorded(server, name):
+    """A lazy plan streams chunked once; streamed to its end it is recorded, and the next answers are sized."""
     url, folder, _ = server
-    response = requests.get(f"{url}/stream/{name}?ali_audio_only=1", timeout=30)
+    target = f"{url}/stream/{name}?ali_audio_only=1&test={uuid.uuid4().hex}"  # a fresh cache key
+    response = requests.get(target, timeout=30)
     assert response.status_code == 200
     assert response.headers["Transfer-Encoding"] == "chunked"
-    assert "Content-Length" not in response.headers
+    assert "Content-Length" not in response.headers and response.headers["Accept-Ranges"] == "none"
     media_toolkit.assert_audio_identical(folder / name, response.content)
+
+    again = requests.get(target, timeout=30)
+    assert "Transfer-Encoding" not in again.headers and again.headers["Accept-Ranges"] == "bytes"
+    assert int(again.headers["Content-Length"]) == len(again.content) and again.content == response.content
+    middle = len(again.content) // 2
+    part = requests.get(target, headers={"Range": f"bytes={middle}-{middle + 999}"}, timeout=30)
+    assert part.status_code == 206 and part.content == response.content[middle:middle + 1000]
+    tail = requests.get(target, headers={"Range": "bytes=-700"}, timeout=30)
+    assert tail.status_code == 206 and tail.content == response.content[-700:]
+    cached = requests.get(target, headers={"If-None-Match": again.headers["ETag"]}, timeout=30)
+    assert cached.status_code == 304
 
 
 def test_file_backed_flv_has_length_and_ranges(server):

@@ -265,12 +265,20 @@ def test_last_modified_and_length_are_a_strong_validator(media, tmp_path):
     assert middleware.renditions.hits == 1 and len(stored(store)) == 2
 
 
-def test_streamed_lazy_plans_are_not_stored(media, tmp_path):
+def test_a_lazy_plan_is_stored_once_recorded(media, tmp_path):
+    """A streamed (chunked) answer is not stored; the sized one made from its recording is."""
     path = media("flv_aac")
     middleware = AudioOnlyMiddleware(GeneratorApp(path, "video/x-flv"), rendition_cache=tmp_path)
-    for _ in range(2):
-        media_toolkit.assert_audio_identical(path, call(middleware)[2])
-    assert listing(tmp_path) == []
+    streamed = call(middleware)
+    assert "Content-Length" not in dict(streamed[1]) and listing(tmp_path) == []
+    media_toolkit.assert_audio_identical(path, streamed[2])
+    assert call(middleware)[2] == streamed[2] and len(stored(tmp_path)) == 1
+    assert call(middleware)[2] == streamed[2] and middleware.renditions.hits == 1
+
+    plain = AudioOnlyMiddleware(GeneratorApp(path, "video/x-flv"), rendition_cache=tmp_path / "off", cache_entries=0)
+    for _ in range(2):  # without a plan cache nothing is recorded, so nothing is stored
+        assert call(plain)[2] == streamed[2]
+    assert listing(tmp_path / "off") == []
 
 
 # -- incomplete responses leave nothing --------------------------------------------------------------------
