@@ -52,6 +52,8 @@ def ratios(results: dict) -> list[dict]:
                 "vs_floor": _div(ours, _get(entry, "floor", "total_s")),
                 "vs_ffmpeg": _div(ours, ffmpeg),
                 "input_MBps": _div(size, ours) and _div(size, ours) / 1e6,
+                "cold_input_MBps": _div(size, _get(entry, "flagged_cold", "total_s")) and
+                _div(size, _get(entry, "flagged_cold", "total_s")) / 1e6,
                 "audio_bytes": _get(entry, "flagged", "bytes"),
                 "stored_s": _get(entry, "stored", "total_s"), "stored_ttfb_s": _get(entry, "stored", "ttfb_s"),
                 "fill_s": _get(entry, "stored_fill", "total_s"),
@@ -90,12 +92,14 @@ def targets(results: dict) -> list[dict]:
     for name in ("movie_front", "big_mp4"):
         rows.append(_row(f"vs_ffmpeg/{name}/file", f"{name} file-backed: flagged download / ffmpeg -vn -c:a copy",
                          table.get((name, "file"), {}).get("vs_ffmpeg"), "x", "<=", 1.0))
+    # Filtering rates count the plan made in the request (the moov, or every FLV tag / fragment parsed
+    # as it goes by): a cached or recorded plan is faster still, reported beside it.
     for name, target in (("big_mp4", 1000), ("movie_front", 1000), ("big_flv", 500)):
-        rate = _get(results, "inprocess", name, "stream", "input_MBps")
+        rate = _get(results, "inprocess", name, "stream_cold", "input_MBps")
         rows.append(_row(f"forward_rate_inprocess/{name}", f"forward-only filtering, in process ({name})",
                          rate, "MB/s", ">=", target, required=name != "movie_front"))
         rows.append(_row(f"forward_rate_http/{name}", f"forward-only filtering, through gunicorn ({name})",
-                         table.get((name, "stream"), {}).get("input_MBps"), "MB/s", ">=", target,
+                         table.get((name, "stream"), {}).get("cold_input_MBps"), "MB/s", ">=", target,
                          required=name != "movie_front"))
     for name, kinds in (_get(results, "rss", "per_request") or {}).items():
         moov = _get(results, "inputs", name, "moov_size") or 0
@@ -254,10 +258,17 @@ def _details(results: dict) -> list[str]:
     inproc = results.get("inprocess") or {}
     if inproc:
         lines += ["", "### In process (no network)", "",
-                  "| input | app alone MB/s | forward-only ms | forward-only MB/s of input | file-backed ms |",
-                  "|---|---|---|---|---|"]
+                  "*forward-only*: the generator app with the plan made in the request (moov parsed, or "
+                  "every FLV tag parsed as it goes by); *cached*: the same with the plan cached (recorded, "
+                  "for FLV, from an earlier complete answer).", "",
+                  "| input | app alone MB/s | forward-only ms | forward-only MB/s of input | cached ms "
+                  "| cached MB/s of input | file-backed ms |",
+                  "|---|---|---|---|---|---|---|"]
         for name, entry in inproc.items():
-            lines.append(f"| {name} | {_fmt(entry.get('app_only_MBps'))} | {_ms(_get(entry, 'stream', 'total_s'))} "
+            lines.append(f"| {name} | {_fmt(entry.get('app_only_MBps'))} "
+                         f"| {_ms(_get(entry, 'stream_cold', 'total_s'))} "
+                         f"| {_fmt(_get(entry, 'stream_cold', 'input_MBps'))} "
+                         f"| {_ms(_get(entry, 'stream', 'total_s'))} "
                          f"| {_fmt(_get(entry, 'stream', 'input_MBps'))} | {_ms(_get(entry, 'file', 'total_s'))} |")
     rss = results.get("rss") or {}
     if rss.get("per_request"):
