@@ -3,9 +3,12 @@ requests, plus the command-line import."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,8 +18,10 @@ import requests
 
 try:  # works whether or not tests/ is a package
     from tests import media
+    from tests.servers import run_gunicorn
 except ImportError:  # pragma: no cover
     import media
+    from servers import run_gunicorn
 
 TOKEN, PROJECT = "server-token", "server-project"
 
@@ -120,3 +125,52 @@ def test_token_file(tmp_path):
     tokens.write_text("# comment\nalpha:p1\nbe:ta:p2\n\n")
     args = serve_parser().parse_args(["--data-dir", "x", "--token-file", str(tokens), "--token", "gamma:p3"])
     assert _tokens(args) == {"alpha": "p1", "be:ta": "p2", "gamma": "p3"}
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.server
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc to count threads")
+def test_gunicorn_preload_with_two_workers(tmp_path, media_dir):
+    """``gunicorn --preload --workers 2``: the master runs no job thread, the workers extract every task once."""
+    data = tmp_path / "data"
+    env = {"AM_JOBS_DIR": str(data), "AM_JOBS_TOKEN": TOKEN, "AM_JOBS_PROJECT": PROJECT}
+    videos = [media.make_media(kind, media_dir) for kind in ("mp4_faststart", "flv_aac", "mp4_moov_end")]
+    with run_gunicorn("tests.jobs_preload_app:application", env=env, workers=2, threads=4,
+                      extra_args=["--preload"]) as url:
+        base, headers = str(url), {"X-Auth-Token": TOKEN}
+        tasks = {}
+        for _ in range(2):  # several requests, so that both workers may serve some
+            for video in videos:
+                imported = jobs("import", "--data-dir", str(data), "--project", PROJECT, str(video))
+                assert imported.returncode == 0, imported.stderr
+                asset = json.loads(imported.stdout)["asset_id"]
+                created = requests.post(f"{base}/v1.0/{PROJECT}/asset/extract_audio", headers=headers,
+                                        json={"asset_id": asset, "parameter": {"format": "AAC"}}, timeout=10)
+                assert created.status_code == 202, created.text
+                tasks[asset] = (video, created.json()["audio_asset_id"])
+        deadline = time.monotonic() + 60
+        pending = set(tasks)
+        while pending:
+            assert time.monotonic() < deadline, f"tasks not done: {pending}"
+            for asset in list(pending):
+                task = requests.get(f"{base}/v1.0/{PROJECT}/asset/extract_audio", params={"asset_id": asset},
+                                    headers=headers, timeout=10).json()
+                assert task["status"] != "FAILED", task
+                if task["status"] == "SUCCEEDED":
+                    pending.discard(asset)
+            time.sleep(0.1)
+        for video, audio_id in tasks.values():
+            download = requests.get(f"{base}/v1.0/{PROJECT}/asset/{audio_id}/content", headers=headers, timeout=10)
+            assert download.status_code == 200
+            frames = [bytes(p[0])[7:] for p in media.audio_packets(download.content, "aac")[0]]
+            assert frames == [bytes(p[0]) for p in media.audio_packets(video)[0]]
+        assert threads_of(url.process.pid) == 1  # the master: built the app, started nothing
+        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(url.process.pid)], capture_output=True,
+                                                      text=True).stdout.split()]
+        assert len(workers) == 2
+        with contextlib.closing(sqlite3.connect(data / "jobs.sqlite3")) as db:
+            attempts = [row[0] for row in db.execute("SELECT attempts FROM tasks")]
+        assert attempts == [1] * len(tasks)  # each task claimed once, by a worker (the master runs no thread)
