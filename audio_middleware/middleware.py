@@ -34,7 +34,7 @@ from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsR
 from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
 from .plan import LazyPlan, Plan, Span
-from .record import recording
+from .record import PlanRecorder, recording
 from .rendition import Validators, answer_range, not_modified, validators_for
 from .renditions import Hit, RenditionStore
 from .sniff import Container, by_content_type, by_signature
@@ -151,7 +151,7 @@ class AudioOnlyMiddleware:
     # -- deciding and planning -----------------------------------------------------------------
 
     def _respond(self, environ: dict, upstream_environ: dict, upstream: Upstream, selection: Selection, head: bool,
-                 start_response: Callable) -> Iterable[bytes]:
+                 start_response: Callable, *, replanned: bool = False) -> Iterable[bytes]:
         server_wrapper = environ.get("wsgi.file_wrapper")
         if upstream.status_code != 200 or _encoded(upstream.headers):
             return upstream.pass_through(start_response, server_wrapper)
@@ -187,8 +187,40 @@ class AudioOnlyMiddleware:
 
         key = self._cache_key(environ, upstream_environ, validators, found, selection)
         plan, source = self._plan(found, source, upstream, upstream_environ, selection, key, environ)
+        if isinstance(plan, LazyPlan) and not replanned and self._range_needs_whole_plan(environ, key, source, head):
+            # A Range on a streamed rendition: walk the body to its end (spans skipped, not read), keep the
+            # recorded plan, then answer from it over a second, identical call of the app.
+            stop_retaining(source)  # planning is over: nothing of the body needs to stay in memory
+            self._record_to_end(plan, key)  # type: ignore[arg-type]
+            close_quietly(upstream)
+            source.close()
+            again = Upstream(self.app, {**upstream_environ, "wsgi.input": io.BytesIO()})
+            try:
+                return self._respond(environ, upstream_environ, again, selection, head, start_response,
+                                     replanned=True)
+            except BaseException:
+                close_quietly(again)
+                raise
         return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head, stored_as,
                           key)
+
+    def _range_needs_whole_plan(self, environ: dict, key: tuple | None, source: Source, head: bool) -> bool:
+        """Whether a Range request met a lazy plan that can be completed first (see :meth:`_record_to_end`).
+
+        Only with a plan cache to keep it, and a known body length: a body that ends
+        early is then always found while walking (the spans themselves are not read).
+        """
+        return (self.range_policy == "serve" and bool(environ.get("HTTP_RANGE")) and not head and key is not None
+                and bool(self.cache.max_entries) and source.size is not None)
+
+    def _record_to_end(self, plan: LazyPlan, key: tuple) -> None:
+        """Consume ``plan`` without emitting it and cache the complete plan (if it fits the cache)."""
+        recorder = PlanRecorder(self.cache.max_bytes)
+        for piece in plan.pieces:
+            recorder.add(piece)
+        complete = recorder.plan(plan)
+        if complete is not None:
+            self.cache.put(key, complete)
 
     def _initial_source(self, upstream: Upstream) -> Source:
         served = upstream.served_file

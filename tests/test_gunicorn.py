@@ -86,6 +86,20 @@ def test_forward_only_streams_are_chunked_then_recorded(server, name):
     assert cached.status_code == 304
 
 
+@pytest.mark.parametrize("name", ["flv_aac.flv", "mp4_fragmented.mp4"])
+def test_a_first_range_on_a_stream_is_answered_206(server, name):
+    """What Safari sends first (``bytes=0-1``) to a stream-backed rendition that was never downloaded."""
+    url, folder, _ = server
+    target = f"{url}/stream/{name}?ali_audio_only=1&test={uuid.uuid4().hex}"
+    probe = requests.get(target, headers={"Range": "bytes=0-1"}, timeout=30)
+    assert probe.status_code == 206 and len(probe.content) == 2
+    length = int(probe.headers["Content-Range"].rpartition("/")[2])
+    whole = requests.get(target, timeout=30)
+    assert int(whole.headers["Content-Length"]) == length == len(whole.content)
+    assert whole.content[:2] == probe.content
+    media_toolkit.assert_audio_identical(folder / name, whole.content)
+
+
 def test_file_backed_flv_has_length_and_ranges(server):
     url, folder, _ = server
     full = requests.get(f"{url}/file/flv_aac.flv?ali_audio_only=1", timeout=30)

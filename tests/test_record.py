@@ -131,3 +131,34 @@ def test_an_unfinished_lazy_plan_is_never_passed_on():
     next(stream)
     stream.close()
     assert kept == []
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_range_on_the_first_request_walks_the_plan_then_answers_206(media, kind):
+    """Safari's first request is a Range: a streamed rendition cannot answer it, a recorded plan can."""
+    upstream, app = stream_app(media, kind)
+    status, headers, part = call(app, HTTP_RANGE="bytes=0-1")
+    assert status == "206 Partial Content" and len(part) == 2
+    assert upstream.bodies == 2 and upstream.closes == 2  # walked once, then sent from a second call
+    whole = call(app)[2]
+    assert part == whole[:2] and dict(headers)["Content-Range"] == f"bytes 0-1/{len(whole)}"
+    media_toolkit.assert_audio_identical(media(kind), whole)
+    status, _, tail = call(app, HTTP_RANGE="bytes=-500")
+    assert status == "206 Partial Content" and tail == whole[-500:]
+    assert upstream.bodies == 4  # from the cached plan: one app call each
+
+
+def test_a_range_on_a_streamed_rendition_without_a_cache_is_a_full_200(media):
+    upstream = GeneratorApp(media("flv_aac"), "video/x-flv")
+    app = AudioOnlyMiddleware(upstream, cache_entries=0)
+    status, headers, body = call(app, HTTP_RANGE="bytes=0-1")
+    assert status == "200 OK" and dict(headers)["Accept-Ranges"] == "none" and len(body) > 2
+    assert upstream.bodies == 1
+
+
+def test_a_range_on_a_truncated_stream_is_an_error_before_any_byte(media):
+    path = media("mp4_fragmented")
+    upstream = GeneratorApp(path, "video/mp4", truncate_at=path.stat().st_size - 3000)
+    status, headers, body = call(AudioOnlyMiddleware(upstream), HTTP_RANGE="bytes=0-99")
+    assert status == "502 Bad Gateway" and b"its Content-Length is" in body
+    assert upstream.closes == upstream.bodies == 1
