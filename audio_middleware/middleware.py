@@ -34,7 +34,7 @@ from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsR
 from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
 from .plan import LazyPlan, Plan, Span
-from .record import PlanRecorder, recording
+from .record import recording
 from .rendition import Validators, answer_range, not_modified, validators_for
 from .renditions import Hit, RenditionStore
 from .sniff import Container, by_content_type, by_signature
@@ -215,12 +215,8 @@ class AudioOnlyMiddleware:
 
     def _record_to_end(self, plan: LazyPlan, key: tuple) -> None:
         """Consume ``plan`` without emitting it and cache the complete plan (if it fits the cache)."""
-        recorder = PlanRecorder(self.cache.max_bytes)
-        for piece in plan.pieces:
-            recorder.add(piece)
-        complete = recorder.plan(plan)
-        if complete is not None:
-            self.cache.put(key, complete)
+        for _ in recording(plan, self.cache.max_bytes, partial(self.cache.put, key)):
+            pass
 
     def _initial_source(self, upstream: Upstream) -> Source:
         served = upstream.served_file

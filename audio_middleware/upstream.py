@@ -34,6 +34,7 @@ class Upstream:
         self.headers = Headers()
         self.exc_info: Any = None
         self._written: IO[bytes] | None = None
+        self._closed = False
         self.app_iter: Iterable[bytes] = app(environ, self._start_response)
 
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
@@ -78,7 +79,10 @@ class Upstream:
             yield chunk
 
     def close(self) -> None:
-        """Close the app's iterable (once: callers hand this to a ClosingBody)."""
+        """Close the app's iterable, once: later calls do nothing (PEP 3333 asks for one close)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._written is not None:
                 self._written.close()

@@ -162,3 +162,19 @@ def test_a_range_on_a_truncated_stream_is_an_error_before_any_byte(media):
     status, headers, body = call(AudioOnlyMiddleware(upstream), HTTP_RANGE="bytes=0-99")
     assert status == "502 Bad Gateway" and b"its Content-Length is" in body
     assert upstream.closes == upstream.bodies == 1
+
+
+class ChangingApp(GeneratorApp):
+    """Serves the file once, then (same validators) bytes that are not FLV at all."""
+
+    def body(self):
+        if self.bodies >= 1:  # counted once the body is made: this is the second call
+            return iter([b"not an flv" * 100])
+        return super().body()
+
+
+def test_a_second_call_that_fails_still_closes_each_body_once(media):
+    upstream = ChangingApp(media("flv_aac"), "video/x-flv")
+    status, _, body = call(AudioOnlyMiddleware(upstream), HTTP_RANGE="bytes=0-1")
+    assert status == "502 Bad Gateway" and b"not a valid FLV" in body
+    assert upstream.bodies == 2 and upstream.closes == 2
