@@ -34,9 +34,14 @@ class Selection:
         return self.start is not None or self.end is not None
 
 
-def plan_source(container: Container, source: Source, limits: Limits, selection: Selection = Selection()
-                ) -> Plan | LazyPlan:
-    """Plan the audio rendition of ``source``; raises AudioExtractionError or NeedsRandomAccess."""
+def plan_source(container: Container, source: Source, limits: Limits, selection: Selection = Selection(), *,
+                skip_media: bool = False) -> Plan | LazyPlan:
+    """Plan the audio rendition of ``source``; raises AudioExtractionError or NeedsRandomAccess.
+
+    ``skip_media``: plan a forward-only MP4 whose moov comes last by reading past
+    its media data (see :func:`~audio_middleware.mp4.plan_mp4`).
+    """
     if container is Container.FLV:
         return plan_flv(source, limits, start=selection.start, end=selection.end)
-    return plan_mp4(source, limits, track=selection.track, start=selection.start, end=selection.end)
+    return plan_mp4(source, limits, track=selection.track, start=selection.start, end=selection.end,
+                    skip_media=skip_media)

@@ -30,7 +30,15 @@ from werkzeug.wsgi import FileWrapper
 from .body import ClosingBody, close_quietly
 from .cache import PlanCache
 from .emit import DEFAULT_BLOCK, iter_plan_bytes
-from .errors import AudioExtractionError, InvalidRequest, MalformedMedia, NeedsRandomAccess, UnsupportedMedia, echo
+from .errors import (
+    AudioExtractionError,
+    InvalidRequest,
+    LimitExceeded,
+    MalformedMedia,
+    NeedsRandomAccess,
+    UnsupportedMedia,
+    echo,
+)
 from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
 from .plan import LazyPlan, Plan, Span
@@ -151,7 +159,12 @@ class AudioOnlyMiddleware:
     # -- deciding and planning -----------------------------------------------------------------
 
     def _respond(self, environ: dict, upstream_environ: dict, upstream: Upstream, selection: Selection, head: bool,
-                 start_response: Callable, *, replanned: bool = False) -> Iterable[bytes]:
+                 start_response: Callable, *, replanned: tuple | None = None) -> Iterable[bytes]:
+        """Answer a flagged request from the app's response ``upstream``.
+
+        ``replanned`` is set on the second call of the app that some plans need
+        (see :meth:`_answer_again`): (cache key, plan made from the first body or None).
+        """
         server_wrapper = environ.get("wsgi.file_wrapper")
         if upstream.status_code != 200 or _encoded(upstream.headers):
             return upstream.pass_through(start_response, server_wrapper)
@@ -186,21 +199,35 @@ class AudioOnlyMiddleware:
                                          head)
 
         key = self._cache_key(environ, upstream_environ, validators, found, selection)
-        plan, source = self._plan(found, source, upstream, upstream_environ, selection, key, environ)
-        if isinstance(plan, LazyPlan) and not replanned and self._range_needs_whole_plan(environ, key, source, head):
+        planned = replanned[1] if replanned is not None and replanned[0] == key else None
+        try:
+            plan, source = self._plan(found, source, upstream, upstream_environ, selection, key, environ, planned)
+        except _ReadTwice as reason:
+            # moov after the media data, a body too large to spool, an app without Range: plan from this body
+            # (its media data read past, not kept), then send from a second call of the app.
+            if replanned is not None or key is None:
+                why = "without validators it cannot be read twice" if key is None else \
+                    "and its validators changed between two reads"
+                raise LimitExceeded(f"body needs random access and exceeds spool_limit "
+                                    f"({self.limits.spool_limit} bytes); {why}") from reason
+            try:
+                plan = plan_source(found, source, self.limits, selection, skip_media=True)
+            except NeedsRandomAccess as refused:
+                raise LimitExceeded(f"body needs random access and exceeds spool_limit "
+                                    f"({self.limits.spool_limit} bytes): {refused}") from None
+            self.cache.put(key, plan)  # type: ignore[arg-type]
+            if head:  # the length is known: no body to send, no second call needed
+                return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head)
+            return self._answer_again(environ, upstream_environ, upstream, source, selection, head, start_response,
+                                      (key, plan))
+        if isinstance(plan, LazyPlan) and replanned is None and self._range_needs_whole_plan(environ, key, source,
+                                                                                              head):
             # A Range on a streamed rendition: walk the body to its end (spans skipped, not read), keep the
             # recorded plan, then answer from it over a second, identical call of the app.
             stop_retaining(source)  # planning is over: nothing of the body needs to stay in memory
-            self._record_to_end(plan, key)  # type: ignore[arg-type]
-            close_quietly(upstream)
-            source.close()
-            again = Upstream(self.app, {**upstream_environ, "wsgi.input": io.BytesIO()})
-            try:
-                return self._respond(environ, upstream_environ, again, selection, head, start_response,
-                                     replanned=True)
-            except BaseException:
-                close_quietly(again)
-                raise
+            complete = self._record_to_end(plan, key)  # type: ignore[arg-type]
+            return self._answer_again(environ, upstream_environ, upstream, source, selection, head, start_response,
+                                      (key, complete))
         return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head, stored_as,
                           key)
 
@@ -213,10 +240,32 @@ class AudioOnlyMiddleware:
         return (self.range_policy == "serve" and bool(environ.get("HTTP_RANGE")) and not head and key is not None
                 and bool(self.cache.max_entries) and source.size is not None)
 
-    def _record_to_end(self, plan: LazyPlan, key: tuple) -> None:
-        """Consume ``plan`` without emitting it and cache the complete plan (if it fits the cache)."""
-        for _ in recording(plan, self.cache.max_bytes, partial(self.cache.put, key)):
+    def _record_to_end(self, plan: LazyPlan, key: tuple) -> Plan | None:
+        """Consume ``plan`` without emitting it; cache and return the complete plan (None if too large)."""
+        complete: list[Plan] = []
+        for _ in recording(plan, self.cache.max_bytes, complete.append):
             pass
+        if complete:
+            self.cache.put(key, complete[0])
+        return complete[0] if complete else None
+
+    def _answer_again(self, environ: dict, upstream_environ: dict, upstream: Upstream, source: Source,
+                      selection: Selection, head: bool, start_response: Callable,
+                      replanned: tuple) -> Iterable[bytes]:
+        """Close this answer of the app and answer from a second, identical call of it.
+
+        The plan made from the first body is used if the second one has the same
+        validators (otherwise the file changed in between, and it is planned anew).
+        """
+        close_quietly(upstream)
+        source.close()
+        again = Upstream(self.app, {**upstream_environ, "wsgi.input": io.BytesIO()})
+        try:
+            return self._respond(environ, upstream_environ, again, selection, head, start_response,
+                                 replanned=replanned)
+        except BaseException:
+            close_quietly(again)
+            raise
 
     def _initial_source(self, upstream: Upstream) -> Source:
         served = upstream.served_file
@@ -235,7 +284,15 @@ class AudioOnlyMiddleware:
                 validators.source, container.value, selection.key)
 
     def _plan(self, container: Container, source: Source, upstream: Upstream, upstream_environ: dict,
-              selection: Selection, key: tuple | None, environ: dict) -> tuple[Plan | LazyPlan, Source]:
+              selection: Selection, key: tuple | None, environ: dict, planned: Plan | None = None
+              ) -> tuple[Plan | LazyPlan, Source]:
+        """The plan (``planned`` if given, else cached, else made) and the source to emit it from.
+
+        Raises :class:`_ReadTwice` when random access is needed and neither Range
+        sub-requests nor a spool (body larger than ``spool_limit``) can give it.
+        """
+        if planned is not None and (source.random_access or planned.forward_only):
+            return planned, source
         if key is not None:
             cached = self.cache.get(key)
             if cached is not None and (source.random_access or cached.forward_only):
@@ -244,14 +301,18 @@ class AudioOnlyMiddleware:
             plan = plan_source(container, source, self.limits, selection)
         except NeedsRandomAccess as reason:
             log.debug("random access needed for %s: %s", environ.get("PATH_INFO"), reason)
-            source = self._random_access(source, upstream, upstream_environ)
+            source = self._random_access(source, upstream, upstream_environ, reason)
             plan = plan_source(container, source, self.limits, selection)
         if key is not None and isinstance(plan, Plan):
             self.cache.put(key, plan)
         return plan, source
 
-    def _random_access(self, source: Source, upstream: Upstream, upstream_environ: dict) -> Source:
-        """Replace a forward-only source: Range sub-requests if the app offers them, else spool."""
+    def _random_access(self, source: Source, upstream: Upstream, upstream_environ: dict,
+                       reason: NeedsRandomAccess) -> Source:
+        """Replace a forward-only source: Range sub-requests if the app offers them, else spool.
+
+        A body whose Content-Length exceeds ``spool_limit`` is not spooled: :class:`_ReadTwice`.
+        """
         length = upstream.content_length
         ranges = upstream.headers.get("Accept-Ranges", "").lower()
         if self.range_subrequests and length and "bytes" in ranges:
@@ -262,6 +323,8 @@ class AudioOnlyMiddleware:
                 pass
             else:
                 return ranged
+        if length is not None and length > self.limits.spool_limit:
+            raise _ReadTwice(str(reason))
         return spool(source, self.limits.spool_limit)  # type: ignore[arg-type]
 
     def _subrequest_fetcher(self, upstream_environ: dict, length: int) -> Callable[[int, int], bytes]:
@@ -396,6 +459,10 @@ class AudioOnlyMiddleware:
 
 class _NotRangeCapable(UnsupportedMedia):
     """The app advertised Accept-Ranges but did not answer a sub-request with the right 206."""
+
+
+class _ReadTwice(Exception):
+    """Internal: random access is needed but cannot be had; plan from a first pass, send from a second."""
 
 
 class _Unsatisfiable(AudioExtractionError):

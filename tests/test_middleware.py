@@ -192,10 +192,49 @@ def test_moov_larger_than_limit_is_refused(media):
     assert "max_moov_size" in response.text
 
 
-def test_spool_limit_is_enforced_for_moov_at_end(media):
-    _, client = serve(media("mp4_moov_end"), "generator", spool_limit=1000)
-    response = client.get("/v.mp4?ali_audio_only=1", status=502)
-    assert "spool_limit" in response.text
+def test_moov_at_end_larger_than_the_spool_limit_is_read_twice(media):
+    """No Range, too large to spool: plan from a first pass (media data read past), send from a second call."""
+    path = media("mp4_moov_end")
+    upstream = GeneratorApp(path, "video/mp4")
+    app = AudioOnlyMiddleware(upstream, spool_limit=1000)
+    status, headers, body = call(app)
+    assert status == "200 OK" and int(dict(headers)["Content-Length"]) == len(body)
+    media_toolkit.assert_audio_identical(path, body)
+    assert upstream.bodies == upstream.closes == 2
+    assert call(app)[2] == body and upstream.bodies == 3  # then the plan is cached: one pass
+    status, _, part = call(app, HTTP_RANGE="bytes=100-199")
+    assert status == "206 Partial Content" and part == body[100:200]
+
+    fresh = GeneratorApp(path, "video/mp4")
+    status, headers, nothing = call(AudioOnlyMiddleware(fresh, spool_limit=1000), method="HEAD")
+    assert status == "200 OK" and int(dict(headers)["Content-Length"]) == len(body) and nothing == b""
+    assert fresh.bodies == fresh.closes == 1  # a HEAD needs the length only: no second call
+
+
+@pytest.mark.parametrize("app_options", [{"etag": None, "last_modified": None}, {"send_length": False}],
+                         ids=["no validators", "no Content-Length"])
+def test_spool_limit_is_enforced_when_reading_twice_is_unsafe(media, app_options):
+    """Without validators a second call may get another file; without a length the limit is found by spooling."""
+    upstream = GeneratorApp(media("mp4_moov_end"), "video/mp4", **app_options)
+    status, _, body = call(AudioOnlyMiddleware(upstream, spool_limit=1000))
+    assert status == "502 Bad Gateway" and b"spool_limit" in body
+    assert upstream.bodies == upstream.closes == 1
+
+
+class SwappedApp(GeneratorApp):
+    """Its second answer has another ETag: the file changed between the two calls."""
+
+    def headers(self, length):
+        if self.bodies >= 1:
+            self.etag = '"v2"'
+        return super().headers(length)
+
+
+def test_a_file_that_changes_between_the_two_calls_is_refused(media):
+    upstream = SwappedApp(media("mp4_moov_end"), "video/mp4")
+    status, _, body = call(AudioOnlyMiddleware(upstream, spool_limit=1000))
+    assert status == "502 Bad Gateway" and b"spool_limit" in body
+    assert upstream.bodies == upstream.closes == 2
 
 
 @pytest.mark.parametrize("cache_entries", [0, 256], ids=["streamed", "recorded"])

@@ -6,7 +6,7 @@ and returns a plan. The command line and the job API use it directly.
 
 from __future__ import annotations
 
-from ..errors import NoAudioTrack
+from ..errors import NeedsRandomAccess, NoAudioTrack
 from ..limits import Limits
 from ..plan import LazyPlan, Plan
 from ..sources import Source
@@ -18,16 +18,20 @@ __all__ = ["plan_mp4"]
 
 
 def plan_mp4(source: Source, limits: Limits, *, track: str | None = None, start: float | None = None,
-             end: float | None = None) -> Plan | LazyPlan:
+             end: float | None = None, skip_media: bool = False) -> Plan | LazyPlan:
     """Plan the audio-only rendition of an MP4-family source.
 
     ``track`` selects one audio track (1-based index or ISO-639-2 language);
     by default every audio track is kept. ``start``/``end`` (seconds) clip it.
     Raises :class:`NeedsRandomAccess` on a forward-only source whose moov comes
-    after the media data.
+    after the media data, unless ``skip_media``: then the media data is read
+    past and the plan (complete, in source order) is for a second pass over
+    the same bytes. Fragments cannot be planned that way.
     """
-    layout = find_moov(source, limits)
+    layout = find_moov(source, limits, skip_media=skip_media)
     movie = parse_movie(layout.moov, limits)
+    if skip_media and movie.fragmented and not source.random_access:
+        raise NeedsRandomAccess("a fragmented movie with its moov after media data")
     kept = select_audio(movie, track)
     if start is not None or end is not None:
         from .clip import plan_clipped

@@ -49,13 +49,18 @@ def read_top_header(source: Source, offset: int) -> Box | None:
     return parse_header(head, 0, limit, base=offset)
 
 
-def find_moov(source: Source, limits: Limits) -> Layout:
+def find_moov(source: Source, limits: Limits, *, skip_media: bool = False) -> Layout:
     """Locate and read ``moov`` (bounded by ``limits.max_moov_size``).
 
     On a forward-only source, finding the moov before any media data settles
     that the body can be streamed, so the source stops retaining what it has
     read (kept until now only so that the body could still be spooled).
+    Meeting ``mdat`` first raises :class:`NeedsRandomAccess`, unless
+    ``skip_media``: then the media data is read past (the first of two passes
+    over a body whose moov comes last; the caller has stopped the retaining).
     """
+    if skip_media:
+        stop_retaining(source)  # the media data is read past, not kept
     offset = 0
     ftyp: bytes | None = None
     preamble = 0
@@ -74,6 +79,9 @@ def find_moov(source: Source, limits: Limits) -> Layout:
                 raise MalformedMedia(f"ftyp of {box.size} bytes")
             ftyp = read_exact(source, box.offset, box.size, "the ftyp box")
         elif not source.random_access:
+            if skip_media and box.type == b"mdat":
+                offset = box.end  # read past, never held: the next header read skips it
+                continue
             preamble += box.size
             if box.type in MEDIA_BOXES or box.size > MAX_PREAMBLE_BOX or preamble > limits.max_moov_size:
                 raise NeedsRandomAccess(f"'{box.name}' comes before moov")
