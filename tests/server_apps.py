@@ -8,7 +8,9 @@ the test sees it); ``AM_RENDITION_CACHE``: when set, the middleware's
 - ``/file/NAME``: werkzeug ``send_file`` (file-backed, uses ``wsgi.file_wrapper``);
 - ``/stream/NAME``: forward-only generator body in 64 KiB chunks, with Content-Length;
 - ``/slow/NAME``: the same, sleeping 20 ms between chunks;
-- ``/truncated/NAME``: claims the full Content-Length, stops 20 KB early.
+- ``/truncated/NAME``: claims the full Content-Length, stops 20 KB early;
+- ``/twice/NAME``: the ``/stream/`` body behind a middleware with ``spool_limit=0``
+  (a moov-at-end MP4 is read twice, never spooled).
 """
 
 from __future__ import annotations
@@ -71,4 +73,10 @@ def media_app(environ, start_response):
 
 
 # Small blocks, so that a short source is found after the first body bytes went out.
-app = AudioOnlyMiddleware(media_app, block_size=4096, rendition_cache=RENDITION_CACHE)
+main = AudioOnlyMiddleware(media_app, block_size=4096, rendition_cache=RENDITION_CACHE)
+never_spooled = AudioOnlyMiddleware(media_app, spool_limit=0)
+
+
+def app(environ, start_response):
+    chosen = never_spooled if environ.get("PATH_INFO", "").startswith("/twice/") else main
+    return chosen(environ, start_response)

@@ -100,6 +100,19 @@ def test_a_first_range_on_a_stream_is_answered_206(server, name):
     media_toolkit.assert_audio_identical(folder / name, whole.content)
 
 
+def test_moov_at_end_from_a_stream_is_read_twice_when_not_spooled(server):
+    """``spool_limit=0``: the first request reads the body twice (two upstream closes), the next ones once."""
+    url, folder, close_log = server
+    target = f"{url}/twice/mp4_moov_end.mp4?ali_audio_only=1&test={uuid.uuid4().hex}"
+    first = requests.get(target, timeout=30)
+    assert first.status_code == 200 and int(first.headers["Content-Length"]) == len(first.content)
+    media_toolkit.assert_audio_identical(folder / "mp4_moov_end.mp4", first.content)
+    assert closes(close_log, "twice mp4_moov_end.mp4", 2) == 2
+    part = requests.get(target, headers={"Range": "bytes=-1000"}, timeout=30)
+    assert part.status_code == 206 and part.content == first.content[-1000:]
+    assert closes(close_log, "twice mp4_moov_end.mp4", 3) == 3  # the plan is cached: one read
+
+
 def test_file_backed_flv_has_length_and_ranges(server):
     url, folder, _ = server
     full = requests.get(f"{url}/file/flv_aac.flv?ali_audio_only=1", timeout=30)
