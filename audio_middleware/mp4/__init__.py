@@ -6,9 +6,9 @@ and returns a plan. The command line and the job API use it directly.
 
 from __future__ import annotations
 
-from ..errors import NeedsRandomAccess, NoAudioTrack
+from ..errors import MalformedMedia, NeedsRandomAccess, NoAudioTrack
 from ..limits import Limits
-from ..plan import LazyPlan, Plan
+from ..plan import LazyPlan, Plan, Span, Spans
 from ..sources import Source
 from .layout import find_moov
 from .movie import parse_movie, select_audio
@@ -36,12 +36,32 @@ def plan_mp4(source: Source, limits: Limits, *, track: str | None = None, start:
     if start is not None or end is not None:
         from .clip import plan_clipped
 
-        return plan_clipped(layout, movie, kept, source.size, limits, start, end)
-    if movie.fragmented:
+        plan = plan_clipped(layout, movie, kept, source.size, limits, start, end)
+    elif movie.fragmented:
         from .fragments import plan_fragmented
 
         return plan_fragmented(source, layout, movie, kept, limits)
-    if not any(track.sample_count and len(track.chunk_offsets) for track in kept):
+    elif not any(track.sample_count and len(track.chunk_offsets) for track in kept):
         # e.g. fragments without the mvex that would declare them: nothing a player could play
         raise NoAudioTrack("the audio track has no samples (fragments without mvex are not read)")
-    return plan_progressive(layout, movie, kept, source.size, limits)
+    else:
+        plan = plan_progressive(layout, movie, kept, source.size, limits)
+    if not source.random_access and not skip_media:
+        _check_streamable(plan, layout.moov_box.end)
+    return plan
+
+
+def _check_streamable(plan: Plan, position: int) -> None:
+    """On a forward-only body read up to the end of the moov, no audio can come from before it.
+
+    Only a hostile file points chunks into its own ``ftyp``/``moov``; a file
+    could still serve those bytes, a stream has gone past them.
+    """
+    for piece in plan.pieces:
+        first = piece.offset if isinstance(piece, Span) else piece.offsets[0] if isinstance(piece, Spans) and \
+            len(piece) else None
+        if first is not None:
+            if first < position:
+                raise MalformedMedia(f"audio chunk at byte {first} lies before the end of the moov (byte "
+                                     f"{position}), which a forward-only body has already gone past")
+            return
