@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -716,12 +717,61 @@ def check_middleware(data: bytes, *, sources: Sequence[str] = ("file", "generato
                                        f"{upstream.closes} close() calls")
             if rounds == 2 and (results[0].status, results[0].output) != (results[1].status, results[1].output):
                 raise Finding("lie", f"middleware/{kind}: a repeated (cached) request answered differently")
+            if kind in ("generator", "chunked") and results[0].ok and results[0].status.startswith("200"):
+                _check_first_range(results[0].output, path, content_type, etag, kind, limits, query, hang_seconds)
+                if kind == "generator" and container is Container.MP4:
+                    _check_read_twice(results[0].output, path, content_type, etag, limits, query, hang_seconds)
             outcomes[kind] = results[0]
     if oracle:
         for outcome in outcomes.values():
             if outcome.ok and outcome.status.startswith("200"):
                 check_content(data, outcome.output, container)
     return outcomes
+
+
+def _check_first_range(full: bytes, path: pathlib.Path, content_type: str, etag: str, kind: str, limits: Limits,
+                       query: str, hang_seconds: float) -> None:
+    """A Range that comes first (Safari's ``bytes=0-1``) on a fresh middleware over a forward-only body.
+
+    It may be answered from a plan completed by walking the body (``206``: the
+    first bytes of the full answer), or, when no plan can be kept (no length, too
+    large for the cache), with the full ``200``; either way each body is closed once.
+    """
+    from tests.apps import GeneratorApp
+
+    upstream = GeneratorApp(path, content_type, etag=etag, chunks=ODD_CHUNKS, send_length=kind != "chunked")
+    with time_bound(hang_seconds, f"middleware/{kind}/range"):
+        outcome = call_wsgi(AudioOnlyMiddleware(upstream, limits=limits), query, HTTP_RANGE="bytes=0-1")
+    if upstream.closes != upstream.bodies:
+        raise Finding("close", f"middleware/{kind}/range: {upstream.bodies} upstream bodies, "
+                               f"{upstream.closes} close() calls")
+    expected = {"206 Partial Content": full[:2], "200 OK": full}.get(outcome.status or "")
+    if expected is None or not outcome.ok or outcome.output != expected:
+        raise Finding("lie", f"middleware/{kind}/range: a first 'Range: bytes=0-1' answered {outcome.status} with "
+                             f"{len(outcome.output or b'')} bytes; the full answer was 200 with {len(full)} bytes")
+
+
+def _check_read_twice(full: bytes, path: pathlib.Path, content_type: str, etag: str, limits: Limits | None,
+                      query: str, hang_seconds: float) -> None:
+    """With ``spool_limit=0`` a moov-at-end body is planned from a first pass and sent from a second call.
+
+    The answer must be the same bytes as the spooled one, or a clean ``502`` when
+    two passes cannot plan it (fragments before the moov); each body closed once.
+    """
+    from tests.apps import GeneratorApp
+
+    upstream = GeneratorApp(path, content_type, etag=etag, chunks=ODD_CHUNKS)
+    never_spooled = dataclasses.replace(limits or Limits(), spool_limit=0)
+    with time_bound(hang_seconds, "middleware/generator/read-twice"):
+        outcome = call_wsgi(AudioOnlyMiddleware(upstream, limits=never_spooled), query)
+    if upstream.closes != upstream.bodies:
+        raise Finding("close", f"middleware/generator/read-twice: {upstream.bodies} upstream bodies, "
+                               f"{upstream.closes} close() calls")
+    if outcome.status == "502 Bad Gateway" and isinstance(outcome.error, type(None)) and upstream.bodies == 1:
+        return  # refused before any byte (a clean error answer)
+    if not outcome.ok or outcome.status != "200 OK" or outcome.output != full:
+        raise Finding("lie", f"middleware/generator/read-twice: answered {outcome.status} with "
+                             f"{len(outcome.output or b'')} bytes; spooled, it was 200 with {len(full)} bytes")
 
 
 # ------------------------------------------------------------------------------------------------
