@@ -202,20 +202,8 @@ class AudioOnlyMiddleware:
         planned = replanned[1] if replanned is not None and replanned[0] == key else None
         try:
             plan, source = self._plan(found, source, upstream, upstream_environ, selection, key, environ, planned)
-        except _ReadTwice as reason:
-            # moov after the media data, a body too large to spool, an app without Range: plan from this body
-            # (its media data read past, not kept), then send from a second call of the app.
-            if replanned is not None or key is None:
-                why = "without validators it cannot be read twice" if key is None else \
-                    "and its validators changed between two reads"
-                raise LimitExceeded(f"body needs random access and exceeds spool_limit "
-                                    f"({self.limits.spool_limit} bytes); {why}") from reason
-            try:
-                plan = plan_source(found, source, self.limits, selection, skip_media=True)
-            except NeedsRandomAccess as refused:
-                raise LimitExceeded(f"body needs random access and exceeds spool_limit "
-                                    f"({self.limits.spool_limit} bytes): {refused}") from None
-            self.cache.put(key, plan)  # type: ignore[arg-type]
+        except _ReadTwice:
+            plan = self._first_pass_plan(found, source, selection, key, replanned)
             if head:  # the length is known: no body to send, no second call needed
                 return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head)
             return self._answer_again(environ, upstream_environ, upstream, source, selection, head, start_response,
@@ -230,6 +218,29 @@ class AudioOnlyMiddleware:
                                       (key, complete))
         return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head, stored_as,
                           key)
+
+    def _first_pass_plan(self, container: Container, source: Source, selection: Selection, key: tuple | None,
+                         replanned: tuple | None) -> Plan:
+        """Plan a moov-at-end body too large to spool from this pass, for a second call of the app to send.
+
+        The media data is read past, not kept. Refused (a 502) without validators, which
+        alone can tell that the second body is the same file, and when this already is
+        the second call (the validators changed in between).
+        """
+        def refusal(why: str) -> LimitExceeded:
+            return LimitExceeded(f"body needs random access and exceeds spool_limit ({self.limits.spool_limit} "
+                                 f"bytes); {why}")
+
+        if key is None:
+            raise refusal("without validators it cannot be read twice")
+        if replanned is not None:
+            raise refusal("and its validators changed between two reads")
+        try:
+            plan = plan_source(container, source, self.limits, selection, skip_media=True)
+        except NeedsRandomAccess as refused:
+            raise refusal(str(refused)) from None
+        self.cache.put(key, plan)  # type: ignore[arg-type]
+        return plan  # type: ignore[return-value]
 
     def _range_needs_whole_plan(self, environ: dict, key: tuple | None, source: Source, head: bool) -> bool:
         """Whether a Range request met a lazy plan that can be completed first (see :meth:`_record_to_end`).
