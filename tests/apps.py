@@ -11,6 +11,7 @@ Each records how its body was closed in ``app.closes`` so tests can prove
 
 from __future__ import annotations
 
+import io
 import itertools
 import pathlib
 from collections.abc import Callable, Iterable
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterable
 from werkzeug.http import parse_range_header
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Request
+
+from audio_middleware.sources import FileSource
 
 ODD_CHUNKS = (1, 7, 4093, 65536, 3)
 
@@ -169,6 +172,18 @@ class StaticApp(TrackingApp):
     def serve(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         start_response(self.status, self.fixed_headers)
         return TrackedBody(iter([self.payload]), self)
+
+
+class RecordingSource(FileSource):
+    """A file source over bytes that records every read, to prove what a walker reads (and skips)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
+        return super().read(offset, length)
 
 
 class CountingFile:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import logging
 import os
 import pathlib
 
@@ -102,3 +103,15 @@ def _make_video_heavy(path: pathlib.Path) -> pathlib.Path:
         out.mux(audio.encode(None))
     tmp.rename(path)
     return path
+
+
+@pytest.fixture
+def quiet_middleware_log():
+    """Silence the middleware's logger: each rejected input logs a warning by design, and
+    thousands of them (hostile inputs, regression replays) only slow the run down."""
+    logger = logging.getLogger("audio_middleware")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+

@@ -35,6 +35,8 @@ from audio_middleware.limits import Limits
 from audio_middleware.plan import LazyPlan, Literal, Plan, Span, Spans
 from audio_middleware.sources import FileSource, SequentialSource, read_exact
 
+from .apps import RecordingSource
+
 MEDIA = "/work/shared/media"
 
 # -- builder -------------------------------------------------------------------------------------
@@ -437,21 +439,9 @@ def test_lazy_probe_is_bounded():
     assert len(parse(render(plan_flv(source, Limits(flv_probe_bytes=20000)), source))) == 1
 
 
-class CountingSource(FileSource):
-    """Records every read, to prove the index walk reads headers only."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
-        self.reads: list[tuple[int, int]] = []
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.reads.append((offset, length))
-        return super().read(offset, length)
-
-
 def test_index_reads_only_tag_headers():
     data = flv(script("onMetaData", metadata()), *(video(ts, 5000) + aac(ts) for ts in range(0, 2000, 40)))
-    source = CountingSource(data)
+    source = RecordingSource(data)  # to prove the index walk reads headers only
     plan_flv(source, Limits())
     script_size = len(script("onMetaData", metadata()))
     assert max(length for _, length in source.reads) <= script_size

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import logging
 import math
 import pathlib
 import struct
@@ -59,6 +58,8 @@ from fuzz import fuzz_extract as fz
 
 from .apps import GeneratorApp, StaticApp
 from .conftest import SHARED_MEDIA, media_toolkit
+
+pytestmark = pytest.mark.usefixtures("quiet_middleware_log")  # thousands of rejections, each logged
 
 # ================================================================================================
 # 1. property tests
@@ -99,16 +100,6 @@ class Seeds(dict):
 def seeds(media) -> Seeds:
     """The PyAV-made fixtures, by kind, as bytes (the splice partners too)."""
     return Seeds({kind: media(kind).read_bytes() for kind in MP4_SEEDS + FLV_SEEDS})
-
-
-@pytest.fixture(autouse=True)
-def _quiet_middleware_log():
-    """Each rejected input logs a warning by design; thousands of them only slow the run down."""
-    logger = logging.getLogger("audio_middleware")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 def _mutated(seeds: dict[str, bytes], kind: str, ops) -> bytes:

@@ -21,20 +21,9 @@ from audio_middleware.mp4.moov_read import READ_AHEAD, read_condensed_moov
 from audio_middleware.mp4.movie import parse_movie
 from audio_middleware.sources import FileSource, SequentialSource
 from tests import media as toolkit
+from tests.apps import RecordingSource
 
 LIMITS = Limits()
-
-
-class RecordingSource(FileSource):
-    """A file source that remembers every read."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
-        self.reads: list[tuple[int, int]] = []
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.reads.append((offset, length))
-        return super().read(offset, length)
 
 
 def hdlr(kind: bytes) -> bytes:

@@ -23,7 +23,6 @@ line with the fix. See tests/regressions/README.md for the story of each case.
 from __future__ import annotations
 
 import json
-import logging
 import pathlib
 
 import pytest
@@ -32,6 +31,8 @@ from audio_middleware import AudioOnlyMiddleware
 from fuzz import fuzz_extract as fz
 
 from .apps import GeneratorApp, StaticApp
+
+pytestmark = pytest.mark.usefixtures("quiet_middleware_log")  # thousands of rejections, each logged
 
 FOLDER = pathlib.Path(__file__).resolve().parent / "regressions"
 NOTES = (".md", ".txt", ".json")
@@ -52,15 +53,6 @@ def _cases() -> list[pathlib.Path]:
 def _param(case: pathlib.Path):
     marks = [pytest.mark.xfail(strict=True, reason=KNOWN_OPEN[case.name])] if case.name in KNOWN_OPEN else []
     return pytest.param(case, id=case.name, marks=marks)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_middleware_log():
-    logger = logging.getLogger("audio_middleware")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.mark.parametrize("case", [_param(case) for case in _cases()])
