@@ -36,7 +36,15 @@ from .flv.tags import FILTER_BIT, PEEK_SIZE, TAG_AUDIO, TAG_HEAD, TAG_HEADER_SIZ
 from .flv.tags import parse_file_header as parse_flv_header
 from .limits import Limits
 from .mp4.boxes import Box, full_box_version, iter_children, only_child, parse_header
-from .mp4.fragments import DEFAULT_BASE_IS_MOOF, SAMPLE_DURATION, SAMPLE_SIZE, parse_tfhd, trex_defaults, trun_layout
+from .mp4.fragments import (
+    DEFAULT_BASE_IS_MOOF,
+    SAMPLE_DURATION,
+    SAMPLE_SIZE,
+    parse_tfhd,
+    read_moof,
+    trex_defaults,
+    trun_layout,
+)
 from .mp4.layout import find_moov, read_top_header
 from .mp4.movie import Movie, parse_movie, select_audio
 from .mp4.tables import SampleSizes, sample_to_chunk
@@ -441,10 +449,7 @@ def _fragment_samples(source: Source, movie: Movie, track: Track, limits: Limits
         if box is None:
             return
         if box.type == b"moof":
-            if box.size > limits.max_moof_size:
-                raise LimitExceeded(f"moof of {box.size} bytes exceeds max_moof_size ({limits.max_moof_size})")
-            data = read_exact(source, box.offset, box.size, "a moof box")
-            yield from _moof_samples(data, box.offset, track.track_id, defaults, limits)
+            yield from _moof_samples(read_moof(source, box, limits), box.offset, track.track_id, defaults, limits)
         offset = box.end
     raise LimitExceeded("too many top-level boxes")
 

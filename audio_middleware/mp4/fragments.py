@@ -287,13 +287,17 @@ def _walk(source: Source, start: int, head_spans: Spans, head_length: int, kept_
         yield Spans(offsets[sent:], lengths[sent:])
 
 
+def read_moof(source: Source, moof: Box, limits: Limits) -> bytes:
+    """The bytes of one ``moof`` box, bounded by ``limits.max_moof_size`` before anything is read."""
+    if moof.size > limits.max_moof_size:
+        raise LimitExceeded(f"moof of {moof.size} bytes exceeds max_moof_size ({limits.max_moof_size})")
+    return read_exact(source, moof.offset, moof.size, "a moof box")
+
+
 def _fragment_pieces(source: Source, moof: Box, kept_ids: set[int], trex: dict[int, tuple[int, int]], limits: Limits,
                      out_position: int) -> list[Piece]:
     """The new moof + mdat header and the audio runs of one fragment (nothing if it has no audio)."""
-    if moof.size > limits.max_moof_size:
-        raise LimitExceeded(f"moof of {moof.size} bytes exceeds max_moof_size ({limits.max_moof_size})")
-    fragment = Fragment(read_exact(source, moof.offset, moof.size, "a moof box"), moof.offset, kept_ids, trex,
-                        limits)
+    fragment = Fragment(read_moof(source, moof, limits), moof.offset, kept_ids, trex, limits)
     if not fragment.runs:
         return []
     last = fragment.runs[-1]
