@@ -729,25 +729,39 @@ def check_middleware(data: bytes, *, sources: Sequence[str] = ("file", "generato
     return outcomes
 
 
-def _check_first_range(full: bytes, path: pathlib.Path, content_type: str, etag: str, kind: str, limits: Limits,
-                       query: str, hang_seconds: float) -> None:
+def _fresh_stream_call(path: pathlib.Path, content_type: str, etag: str, label: str, limits: Limits | None,
+                       query: str, hang_seconds: float, *, send_length: bool = True,
+                       **environ: str) -> tuple[Outcome, int]:
+    """One request through a fresh middleware (empty plan cache) over a forward-only body of ``path``.
+
+    Returns the outcome and how many bodies the app gave (one, or two when the
+    middleware read twice); each of them must be closed exactly once.
+    """
+    from tests.apps import GeneratorApp
+
+    upstream = GeneratorApp(path, content_type, etag=etag, chunks=ODD_CHUNKS, send_length=send_length)
+    with time_bound(hang_seconds, label):
+        outcome = call_wsgi(AudioOnlyMiddleware(upstream, limits=limits), query, **environ)
+    if upstream.closes != upstream.bodies:
+        raise Finding("close", f"{label}: {upstream.bodies} upstream bodies, {upstream.closes} close() calls")
+    outcome.path = label
+    return outcome, upstream.bodies
+
+
+def _check_first_range(full: bytes, path: pathlib.Path, content_type: str, etag: str, kind: str,
+                       limits: Limits | None, query: str, hang_seconds: float) -> None:
     """A Range that comes first (Safari's ``bytes=0-1``) on a fresh middleware over a forward-only body.
 
     It may be answered from a plan completed by walking the body (``206``: the
     first bytes of the full answer), or, when no plan can be kept (no length, too
     large for the cache), with the full ``200``; either way each body is closed once.
     """
-    from tests.apps import GeneratorApp
-
-    upstream = GeneratorApp(path, content_type, etag=etag, chunks=ODD_CHUNKS, send_length=kind != "chunked")
-    with time_bound(hang_seconds, f"middleware/{kind}/range"):
-        outcome = call_wsgi(AudioOnlyMiddleware(upstream, limits=limits), query, HTTP_RANGE="bytes=0-1")
-    if upstream.closes != upstream.bodies:
-        raise Finding("close", f"middleware/{kind}/range: {upstream.bodies} upstream bodies, "
-                               f"{upstream.closes} close() calls")
+    label = f"middleware/{kind}/range"
+    outcome, _ = _fresh_stream_call(path, content_type, etag, label, limits, query, hang_seconds,
+                                    send_length=kind != "chunked", HTTP_RANGE="bytes=0-1")
     expected = {"206 Partial Content": full[:2], "200 OK": full}.get(outcome.status or "")
     if expected is None or not outcome.ok or outcome.output != expected:
-        raise Finding("lie", f"middleware/{kind}/range: a first 'Range: bytes=0-1' answered {outcome.status} with "
+        raise Finding("lie", f"{label}: a first 'Range: bytes=0-1' answered {outcome.status} with "
                              f"{len(outcome.output or b'')} bytes; the full answer was 200 with {len(full)} bytes")
 
 
@@ -758,20 +772,14 @@ def _check_read_twice(full: bytes, path: pathlib.Path, content_type: str, etag: 
     The answer must be the same bytes as the spooled one, or a clean ``502`` when
     two passes cannot plan it (fragments before the moov); each body closed once.
     """
-    from tests.apps import GeneratorApp
-
-    upstream = GeneratorApp(path, content_type, etag=etag, chunks=ODD_CHUNKS)
+    label = "middleware/generator/read-twice"
     never_spooled = dataclasses.replace(limits or Limits(), spool_limit=0)
-    with time_bound(hang_seconds, "middleware/generator/read-twice"):
-        outcome = call_wsgi(AudioOnlyMiddleware(upstream, limits=never_spooled), query)
-    if upstream.closes != upstream.bodies:
-        raise Finding("close", f"middleware/generator/read-twice: {upstream.bodies} upstream bodies, "
-                               f"{upstream.closes} close() calls")
-    if outcome.status == "502 Bad Gateway" and isinstance(outcome.error, type(None)) and upstream.bodies == 1:
+    outcome, bodies = _fresh_stream_call(path, content_type, etag, label, never_spooled, query, hang_seconds)
+    if outcome.status == "502 Bad Gateway" and outcome.error is None and bodies == 1:
         return  # refused before any byte (a clean error answer)
     if not outcome.ok or outcome.status != "200 OK" or outcome.output != full:
-        raise Finding("lie", f"middleware/generator/read-twice: answered {outcome.status} with "
-                             f"{len(outcome.output or b'')} bytes; spooled, it was 200 with {len(full)} bytes")
+        raise Finding("lie", f"{label}: answered {outcome.status} with {len(outcome.output or b'')} bytes; "
+                             f"spooled, it was 200 with {len(full)} bytes")
 
 
 # ------------------------------------------------------------------------------------------------
