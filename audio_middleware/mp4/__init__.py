@@ -57,11 +57,10 @@ def _check_streamable(plan: Plan, position: int) -> None:
     Only a hostile file points chunks into its own ``ftyp``/``moov``; a file
     could still serve those bytes, a stream has gone past them.
     """
-    for piece in plan.pieces:
-        first = piece.offset if isinstance(piece, Span) else piece.offsets[0] if isinstance(piece, Spans) and \
-            len(piece) else None
-        if first is not None:
-            if first < position:
-                raise MalformedMedia(f"audio chunk at byte {first} lies before the end of the moov (byte "
-                                     f"{position}), which a forward-only body has already gone past")
-            return
+    # spans increase in a streamable plan: the first one decides
+    firsts = (piece.offset if isinstance(piece, Span) else piece.offsets[0]
+              for piece in plan.pieces if isinstance(piece, Span) or isinstance(piece, Spans) and len(piece))
+    first = next(firsts, None)
+    if first is not None and first < position:
+        raise MalformedMedia(f"audio chunk at byte {first} lies before the end of the moov (byte {position}), "
+                             "which a forward-only body has already gone past")
