@@ -22,6 +22,7 @@ from ..errors import LimitExceeded, SourceTruncated
 from ..limits import Limits
 from ..sources import Source
 from .boxes import Box, parse_header
+from .tracks import AUDIO_HANDLER
 
 #: Read-ahead: a moov is read in blocks of at least this much (bounded by its end).
 READ_AHEAD = 64 * 1024
@@ -31,7 +32,6 @@ U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 #: Containers walked on the way to a track's handler and media information.
 WALKED = frozenset({b"moov", b"trak", b"mdia"})
-AUDIO_HANDLER = b"soun"
 
 
 class _Reader:
@@ -73,7 +73,7 @@ class _Reader:
         return parse_header(self.out, at, at + (end - offset), base=offset - at)
 
 
-def read_condensed_moov(source: Source, moov: Box, limits: Limits) -> bytes | bytearray:
+def read_condensed_moov(source: Source, moov: Box, limits: Limits) -> bytearray:
     """The moov box's bytes with the ``minf`` of non-audio tracks left out (see the module docstring)."""
     reader = _Reader(source, moov)
     _walk(reader, moov, 0, limits)
