@@ -31,6 +31,7 @@ from audio_middleware.errors import (
     UnsupportedMedia,
 )
 from audio_middleware.flv import CONTENT_TYPE, amf, plan_flv
+from audio_middleware.flv.planner import INDEX_WINDOW
 from audio_middleware.limits import Limits
 from audio_middleware.plan import LazyPlan, Literal, Plan, Span, Spans
 from audio_middleware.sources import FileSource, SequentialSource, read_exact
@@ -440,12 +441,23 @@ def test_lazy_probe_is_bounded():
 
 
 def test_index_reads_only_tag_headers():
-    data = flv(script("onMetaData", metadata()), *(video(ts, 5000) + aac(ts) for ts in range(0, 2000, 40)))
-    source = RecordingSource(data)  # to prove the index walk reads headers only
+    data = flv(script("onMetaData", metadata()), *(video(ts, 50_000) + aac(ts) for ts in range(0, 2000, 40)))
+    source = RecordingSource(data)  # to prove the index walk never reads a video payload
     plan_flv(source, Limits())
     script_size = len(script("onMetaData", metadata()))
-    assert max(length for _, length in source.reads) <= script_size
-    assert sum(length for _, length in source.reads) < 2 * script_size + 16 * 101 + 100
+    assert max(length for _, length in source.reads) <= max(script_size, INDEX_WINDOW)
+    # one windowed read per tag that follows a video tag (50), plus the file and script headers
+    assert len(source.reads) <= 50 + 5
+    assert sum(length for _, length in source.reads) < 60 * INDEX_WINDOW < len(data) / 10
+
+
+def test_index_reads_a_run_of_audio_tags_at_once():
+    data = flv(script("onMetaData", metadata()), *(aac(ts) for ts in range(0, 20_000, 23)))
+    source = RecordingSource(data)
+    plan = plan_flv(source, Limits())
+    tags = len(range(0, 20_000, 23))
+    assert len(source.reads) < tags / 5  # not one read per tag
+    assert render(plan, source) == both(data)[0]
 
 
 def test_lazy_holds_nothing_but_literals_before_first_audio_and_reads_forward_only():
