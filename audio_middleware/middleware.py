@@ -373,7 +373,7 @@ class AudioOnlyMiddleware:
     def _send(self, environ: dict, start_response: Callable, upstream: Upstream, source: Source,
               plan: Plan | LazyPlan, headers: Headers, validators: Validators, head: bool,
               stored_as: str | None = None, key: tuple | None = None) -> Iterable[bytes]:
-        """Answer from the plan; ``stored_as``: the rendition store's tag (a full 200 is copied there).
+        """Answer from the plan; ``stored_as``: the rendition store's tag (an answer with every byte is kept there).
 
         A lazy plan streamed to its end is recorded into the plan cache under ``key``
         (see :mod:`audio_middleware.record`): the next request gets a sized answer.
@@ -401,8 +401,10 @@ class AudioOnlyMiddleware:
             source.close()
             return []
         chunks = iter_plan_bytes(pieces, source, self.block_size)
-        if self.renditions is not None and stored_as is not None and isinstance(plan, Plan) and status == "200 OK":
-            # A full download is copied into the store while it streams; published only if it completes.
+        if self.renditions is not None and stored_as is not None and isinstance(plan, Plan) and (
+                status == "200 OK" or headers["Content-Length"] == str(plan.length)):
+            # An answer with every byte (a 200, or the 206 of a player's first "bytes=0-") is copied
+            # into the store while it streams; published only if it completes.
             fill = self.renditions.filler((stored_as, plan.length), plan.content_type)
             if fill is not None:
                 chunks = fill.tee(chunks)

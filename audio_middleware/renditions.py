@@ -8,7 +8,8 @@
 Emitting a rendition of an interleaved file costs one read and some Python work
 per audio span (15k spans for 10 minutes of video, 180k for a 2-hour movie),
 while a plain file goes out with sendfile. So, as a CDN would, the middleware
-keeps the bytes it produced: the first full download of a rendition is *teed*
+keeps the bytes it produced: the first download of a rendition with every byte
+(a ``200``, or the ``206`` of a player's first ``Range: bytes=0-``) is *teed*
 into a temporary file of this store while it streams (:meth:`RenditionStore.filler`),
 and later requests are answered from that file (:meth:`RenditionStore.find`)
 through the server's ``wsgi.file_wrapper``, without planning or reading spans.

@@ -22,6 +22,8 @@ from example_app.pages import index_html
 from example_app.sample_media import FILES, content_type, ensure_media, media_dir
 
 STREAM_BLOCK = 32 * 1024
+#: A directory for the middleware's rendition store (``rendition_cache``); unset: no store.
+RENDITIONS_ENV = "AUDIO_DEMO_RENDITIONS"
 _lock = threading.Lock()
 
 
@@ -65,7 +67,7 @@ def create_app(directory: str | os.PathLike | None = None) -> Flask:
 
         return Response(chunks(), mimetype=content_type(name))
 
-    app.wsgi_app = AudioOnlyMiddleware(app.wsgi_app)
+    app.wsgi_app = AudioOnlyMiddleware(app.wsgi_app, rendition_cache=os.environ.get(RENDITIONS_ENV) or None)
     return app
 
 

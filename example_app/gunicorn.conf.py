@@ -6,7 +6,8 @@
 Run from the repository root. Environment: ``PORT`` (default 8000), ``HOST``
 (default 127.0.0.1), ``WEB_CONCURRENCY`` (worker processes, default 2),
 ``GUNICORN_THREADS`` (threads per worker, default 4), ``AUDIO_DEMO_MEDIA``
-(media folder). Command-line options override these settings.
+(media folder), ``AUDIO_DEMO_RENDITIONS`` (a rendition store directory, Flask app).
+Command-line options override these settings.
 """
 
 import os

@@ -11,6 +11,11 @@ Proves, on the demo page's ``<audio>`` element (``/media/sample.mp4?ali_audio_on
   every byte Chromium reads comes from the server);
 * a clipped rendition (``&start=2&end=5``) shows the clipped duration and plays.
 
+All of it twice: once planned on every request, once with a rendition store
+(``AUDIO_DEMO_RENDITIONS``), which Chromium's ranged requests alone must fill
+(its first request is ``Range: bytes=0-``, answered with every byte), so that
+later requests, such as the seek, are answered from the stored file.
+
 Skipped (with the reason) only when Chromium or Playwright is missing, and then only outside CI:
 with ``CI=true`` a missing browser fails the test. Install with ``apt-get install -y chromium``
 and ``pip install playwright`` (``playwright install`` is not needed: the system Chromium is
@@ -26,8 +31,10 @@ import sys
 import pytest
 
 try:
+    from tests import media as media_toolkit
     from tests.servers import ROOT, run_gunicorn
 except ImportError:  # tests/ itself on sys.path
+    import media as media_toolkit  # type: ignore[no-redef]
     from servers import ROOT, run_gunicorn
 
 if str(ROOT) not in sys.path:  # example_app is not installed: it lives at the repository root
@@ -117,15 +124,21 @@ def media_files(tmp_path_factory):
     return ensure_media(tmp_path_factory.getbasetemp() / "example_app_media")
 
 
-@pytest.fixture(scope="module")
-def server(media_files):
+@pytest.fixture(scope="module", params=["planned", "store"])
+def server(request, media_files, tmp_path_factory):
+    """The demo under gunicorn; ``store``: with a rendition store in ``server.renditions``."""
+    env = {"AUDIO_DEMO_MEDIA": str(media_files["sample.mp4"].parent)}
+    renditions = tmp_path_factory.mktemp("renditions") if request.param == "store" else None
+    if renditions is not None:
+        env["AUDIO_DEMO_RENDITIONS"] = str(renditions)
     with run_gunicorn(
         "example_app.flask_app:app",
-        env={"AUDIO_DEMO_MEDIA": str(media_files["sample.mp4"].parent)},
+        env=env,
         threads=4,
         extra_args=["-c", str(ROOT / "example_app" / "gunicorn.conf.py"),
                     "--access-logfile", "-", "--access-logformat", ACCESS_FORMAT],
     ) as url:
+        url.renditions = renditions
         yield url
 
 
@@ -211,6 +224,17 @@ def test_chromium_used_range_requests(demo_session):
     assert any(not line["range"].startswith("bytes=0-") for line in partial), (
         f"no 206 for a range starting after byte 0: {audio}"
     )
+
+
+@pytest.mark.parametrize("server", ["store"], indirect=True)
+def test_chromium_ranged_requests_fill_the_store(demo_session, server, media_files):
+    audio = [line for line in demo_session["access"] if line["target"] == AUDIO_URL and line["method"] == "GET"]
+    assert audio and all(line["range"].startswith("bytes=") for line in audio), audio  # no plain GET filled it
+    files = [path for path in server.renditions.iterdir() if path.suffix == ".audio"]
+    assert len(files) == 1, sorted(server.renditions.iterdir())
+    media_toolkit.assert_audio_identical(media_files["sample.mp4"], files[0].read_bytes())
+    first = audio[0]  # the player's first request: every byte, as a 206
+    assert (first["range"], first["status"], int(first["bytes"])) == ("bytes=0-", "206", files[0].stat().st_size)
 
 
 def test_clipped_rendition_duration_and_playback(browser, server):

@@ -208,6 +208,31 @@ def test_head_and_ranged_misses_do_not_fill(media, tmp_path):
     assert len(stored(tmp_path)) == 1
 
 
+@pytest.mark.parametrize("header", ["bytes=0-", "bytes=-{length}", "bytes=0-{last}"])
+def test_a_206_with_every_byte_fills(media, tmp_path, header):
+    """Browsers ask for media with ``Range: bytes=0-``: their first download fills the store."""
+    path = media("mp4_faststart")
+    whole = call(AudioOnlyMiddleware(FileApp(path)))[2]
+    length = len(whole)
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
+    status, headers, body = call(middleware, HTTP_RANGE=header.format(length=length, last=length - 1))
+    assert status.startswith("206") and dict(headers)["Content-Range"] == f"bytes 0-{length - 1}/{length}"
+    assert body == whole and len(stored(tmp_path)) == 1 and middleware.renditions.fills == 1
+    assert (tmp_path / stored(tmp_path)[0]).read_bytes() == body
+    media_toolkit.assert_audio_identical(path, body)
+    again = call(middleware, HTTP_RANGE="bytes=100-")
+    assert middleware.renditions.hits == 1 and again[2] == body[100:]
+
+
+def test_a_206_short_of_the_end_does_not_fill(media, tmp_path):
+    path = media("mp4_faststart")
+    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
+    length = int(dict(call(middleware, method="HEAD")[1])["Content-Length"])
+    for header in (f"bytes=0-{length - 2}", "bytes=1-", f"bytes=-{length - 1}"):
+        assert call(middleware, HTTP_RANGE=header)[0].startswith("206")
+    assert listing(tmp_path) == [] and middleware.renditions.fills == 0
+
+
 # -- keys ------------------------------------------------------------------------------------------------------
 
 
