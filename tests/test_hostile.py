@@ -634,6 +634,34 @@ def test_builders_make_media_ffmpeg_reads(tmp_path):
     media_toolkit.assert_audio_identical(flv, assert_accepted(flv))
 
 
+def _scripted_probe(monkeypatch, rendition: bytes, *, rendition_opens: list[bool], source_opens: list[bool]):
+    """Make the oracle's FFmpeg probe fail or succeed, call by call, for the rendition and the source."""
+    real = fz._probe
+    script = {True: list(rendition_opens), False: list(source_opens)}
+
+    def probe(data: bytes):
+        opens = script[data == rendition]
+        return real(data) if (opens.pop(0) if len(opens) > 1 else opens[0]) else None
+
+    monkeypatch.setattr(fz, "_probe", probe)
+
+
+@pytest.mark.parametrize("rendition_opens, source_opens, verdict", [
+    ([False, True], [True], "identical"),  # failed once, then read: checked packet for packet
+    ([False], [True, True, False], "reference"),  # the source's reading is not reproducible either
+    ([False], [True], "lie"),  # never opens while the source always does: a finding
+])
+def test_the_ffmpeg_oracle_believes_only_a_reproducible_failure(monkeypatch, rendition_opens, source_opens, verdict):
+    flv = flv_file(*interleaved())
+    rendition = assert_accepted(flv)
+    _scripted_probe(monkeypatch, rendition, rendition_opens=rendition_opens, source_opens=source_opens)
+    if verdict == "lie":
+        with pytest.raises(fz.Finding, match="cannot open the rendition"):
+            fz.check_content(flv, rendition, fz.container_of(flv))
+    else:
+        assert fz.check_content(flv, rendition, fz.container_of(flv)) == verdict
+
+
 # -- box sizes ----------------------------------------------------------------------------------
 
 
