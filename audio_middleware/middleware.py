@@ -401,14 +401,25 @@ class AudioOnlyMiddleware:
             source.close()
             return []
         chunks = iter_plan_bytes(pieces, source, self.block_size)
-        if self.renditions is not None and stored_as is not None and isinstance(plan, Plan) and (
-                status == "200 OK" or headers["Content-Length"] == str(plan.length)):
-            # An answer with every byte (a 200, or the 206 of a player's first "bytes=0-") is copied
-            # into the store while it streams; published only if it completes.
-            fill = self.renditions.filler((stored_as, plan.length), plan.content_type)
-            if fill is not None:
-                chunks = fill.tee(chunks)
+        if self.renditions is not None and stored_as is not None and isinstance(plan, Plan):
+            if status == "200 OK" or headers["Content-Length"] == str(plan.length):
+                # An answer with every byte (a 200, or the 206 of a player's first "bytes=0-") is copied
+                # into the store while it streams; published only if it completes.
+                fill = self.renditions.filler((stored_as, plan.length), plan.content_type)
+                if fill is not None:
+                    chunks = fill.tee(chunks)
+            else:
+                self._fill_in_background((stored_as, plan.length), plan, source)
         return ClosingBody(chunks, source.close, upstream.close)
+
+    def _fill_in_background(self, key: tuple[str, int], plan: Plan, source: Source) -> None:
+        """A part of the rendition was asked for: store the whole one from a file-backed source, apart
+        from this response (a forward-only body cannot be read again; a Range source would call the
+        app outside any request)."""
+        copy = source.independent_copy() if isinstance(source, FileSource) else None
+        if copy is not None:
+            self.renditions.fill_in_background(  # type: ignore[union-attr]
+                key, plan.content_type, partial(iter_plan_bytes, plan.pieces, copy, self.block_size), copy.close)
 
     def _sized(self, environ: dict, headers: Headers, length: int, validators: Validators) -> tuple[str, int, int]:
         """Status and output bytes ``[start, stop)`` for a rendition of known ``length`` (Range applied).

@@ -42,6 +42,12 @@ Rules:
 - The store never fails or blocks a response: every OS error (disk full, no
   permission, a file evicted under our feet) is logged (at most one warning a
   minute) and the request goes on without it.
+- A part of a rendition (a ``206``, such as Safari's first ``bytes=0-1`` or a seek)
+  cannot be teed: for a file-backed source the middleware then fills the store in a
+  background thread (:meth:`RenditionStore.fill_in_background`) from its own handle
+  on the file, so that players that never ask for every byte at once still get the
+  stored file from their next request on. At most :data:`BACKGROUND_FILLS` run at once
+  per store; more are skipped (a later request starts them).
 - Eviction: after each fill, one directory scan; least recently used renditions
   (file mtime, set to now on every hit) are removed until the total is at most
   ``max_bytes``; temporary files untouched for an hour (a crashed worker's) are
@@ -59,7 +65,7 @@ import pathlib
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -80,6 +86,8 @@ STALE_TEMP_SECONDS = 3600.0
 #: An index whose data file is gone is removed once it is this old (it may be a fill's, racing with the scan).
 STALE_INDEX_SECONDS = 60.0
 WARN_INTERVAL = 60.0
+#: Background fills running at once in one store (each reads spans and writes a file: a bounded cost).
+BACKGROUND_FILLS = 2
 _STEM = 40
 _INDEX_MAX = 4096
 
@@ -106,6 +114,7 @@ class RenditionStore:
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
         self._filling: set[Key] = set()
+        self._background: set[threading.Thread] = set()
         self._last_warning = float("-inf")
         #: Counters, for tests and monitoring.
         self.hits = self.misses = self.fills = self.failures = self.evictions = 0
@@ -200,6 +209,62 @@ class RenditionStore:
             self._warn("rendition store: cannot create a file in %s (%s)", self.directory, error)
             return None
         return Fill(self, key, content_type, fd, temp)
+
+    def fill_in_background(self, key: Key, content_type: str, blocks: Callable[[], Iterable[bytes]],
+                           cleanup: Callable[[], None]) -> threading.Thread | None:
+        """Fill ``key`` from ``blocks()`` in a daemon thread, then call ``cleanup`` (always, exactly once).
+
+        Returns the thread, or None (``cleanup`` already called) when the key cannot be
+        filled now: not storable, already being filled, or :data:`BACKGROUND_FILLS` running.
+        """
+        fill = self.filler(key, content_type)
+        if fill is None:
+            cleanup()
+            return None
+        thread = threading.Thread(target=self._fill_from, args=(fill, blocks, cleanup), daemon=True,
+                                  name=f"rendition-fill-{self._stem(key[0])[:8]}")
+        with self._lock:
+            busy = len(self._background) >= BACKGROUND_FILLS
+            if not busy:
+                self._background.add(thread)
+        if busy:
+            fill.abort()
+            cleanup()
+            return None
+        try:
+            thread.start()
+        except BaseException:  # no thread (resource limits): nothing was filled
+            with self._lock:
+                self._background.discard(thread)
+            fill.abort()
+            cleanup()
+            raise
+        return thread
+
+    def _fill_from(self, fill: Fill, blocks: Callable[[], Iterable[bytes]], cleanup: Callable[[], None]) -> None:
+        try:
+            for block in blocks():
+                fill.write(block)
+                if not fill.open:
+                    break  # the fill gave up (disk full...), already logged
+            fill.commit()
+        except Exception as error:  # noqa: BLE001 - a background fill never takes the worker down
+            self._warn("rendition store: background fill of %s failed (%s)", self.path_for(fill.key), error)
+            fill.abort()
+        finally:
+            with contextlib.suppress(Exception):
+                cleanup()
+            with self._lock:
+                self._background.discard(threading.current_thread())
+
+    def join_fills(self, timeout: float | None = None) -> bool:
+        """Wait for the background fills running now; False if some still run after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._background)
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
     def _release(self, key: Key) -> None:
         with self._lock:
@@ -320,6 +385,11 @@ class Fill:
         """``chunks`` unchanged, copied here; committed once ``length`` bytes went through (or at their
         end, where a wrong count is refused), aborted if closed or failed before."""
         return _Tee(chunks, self)
+
+    @property
+    def open(self) -> bool:
+        """Still taking bytes: neither committed, aborted nor given up."""
+        return self._file is not None
 
     def write(self, data: bytes) -> None:
         if self._file is None:

@@ -275,6 +275,22 @@ class FileSource:
                            block, self.read)
         return _gather(os.pread, self._fd, self._start, offsets, lengths, block, self.read)
 
+    def independent_copy(self) -> FileSource | None:
+        """The same bytes through a duplicate descriptor, for work that outlives the response
+        (the app closes its file when the response ends); None without a descriptor."""
+        if self._fd is None:
+            return None
+        try:
+            fd = os.dup(self._fd)
+        except OSError:
+            return None
+        try:
+            copy = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        return FileSource(copy, self._start, self.size, owned=True)
+
     def iter_range(self, offset: int, length: int) -> Iterator[bytes]:
         end = offset + length
         while offset < end:

@@ -19,6 +19,7 @@ from webtest import TestApp
 
 from audio_middleware import AudioOnlyMiddleware
 from audio_middleware.renditions import RenditionStore
+from audio_middleware.sources import FileSource
 
 from .apps import CountingFile, FileApp, GeneratorApp, call
 from .conftest import media_toolkit
@@ -198,14 +199,12 @@ def test_head_416_304_and_if_range_on_a_hit_are_as_without_the_store(media, tmp_
     assert with_store.renditions.hits >= 4  # HEAD and the ranges were answered from the store
 
 
-def test_head_and_ranged_misses_do_not_fill(media, tmp_path):
-    path = media("mp4_faststart")
-    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
+def test_head_never_fills(media, tmp_path):
+    middleware = AudioOnlyMiddleware(FileApp(media("mp4_faststart")), rendition_cache=tmp_path)
     call(middleware, method="HEAD")
-    call(middleware, HTTP_RANGE="bytes=0-99")
+    call(middleware, method="HEAD", HTTP_RANGE="bytes=0-1")
+    assert middleware.renditions.join_fills(timeout=30)
     assert listing(tmp_path) == []
-    call(middleware, HTTP_RANGE="bytes=0-99", HTTP_IF_RANGE='"stale"')  # a full 200 after all: fills
-    assert len(stored(tmp_path)) == 1
 
 
 @pytest.mark.parametrize("header", ["bytes=0-", "bytes=-{length}", "bytes=0-{last}"])
@@ -224,13 +223,86 @@ def test_a_206_with_every_byte_fills(media, tmp_path, header):
     assert middleware.renditions.hits == 1 and again[2] == body[100:]
 
 
-def test_a_206_short_of_the_end_does_not_fill(media, tmp_path):
+PARTS = {  # Range header -> the slice of the whole rendition it asks for
+    "bytes=0-1": slice(0, 2),  # Safari's first request
+    "bytes=1-": slice(1, None),
+    "bytes=-100": slice(-100, None),
+    "bytes=0-{short}": slice(0, -1),  # a 206 short of the end by one byte
+}
+
+
+@pytest.mark.parametrize("kind", ["mp4_faststart", "flv_aac"])
+@pytest.mark.parametrize("header", PARTS)
+def test_a_part_from_a_file_backed_source_fills_the_store_in_the_background(media, tmp_path, kind, header):
+    """Players that never ask for every byte at once (Safari's ``bytes=0-1``, a seek) still fill the store."""
+    path = media(kind)
+    whole = call(AudioOnlyMiddleware(FileApp(path, content_type=_type(path))))[2]
+    app = FileApp(path, content_type=_type(path))
+    middleware = AudioOnlyMiddleware(app, rendition_cache=tmp_path)
+    status, _, part = call(middleware, HTTP_RANGE=header.format(short=len(whole) - 2))
+    assert status.startswith("206") and part == whole[PARTS[header]]
+    assert app.closes == 1  # the response is over: the fill reads through its own descriptor
+    assert middleware.renditions.join_fills(timeout=30)
+    assert stored(tmp_path) and (tmp_path / stored(tmp_path)[0]).read_bytes() == whole
+    assert middleware.renditions.fills == 1 and not temporary(tmp_path)
+    media_toolkit.assert_audio_identical(path, (tmp_path / stored(tmp_path)[0]).read_bytes())
+    status, _, again = call(middleware)
+    assert status == "200 OK" and again == whole and middleware.renditions.hits == 1
+
+
+def _type(path):
+    return "video/x-flv" if path.suffix == ".flv" else "video/mp4"
+
+
+def test_a_part_from_a_body_that_cannot_be_read_again_does_not_fill(media, tmp_path):
+    """A forward-only body is gone once answered; a file object without a descriptor is the app's."""
     path = media("mp4_faststart")
-    middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=tmp_path)
-    length = int(dict(call(middleware, method="HEAD")[1])["Content-Length"])
-    for header in (f"bytes=0-{length - 2}", "bytes=1-", f"bytes=-{length - 1}"):
-        assert call(middleware, HTTP_RANGE=header)[0].startswith("206")
-    assert listing(tmp_path) == [] and middleware.renditions.fills == 0
+    for app in (GeneratorApp(path), CountingApp(path)):
+        middleware = AudioOnlyMiddleware(app, rendition_cache=tmp_path)
+        assert call(middleware, HTTP_RANGE="bytes=0-1")[0].startswith("206")
+        assert middleware.renditions.join_fills(timeout=30)
+        assert listing(tmp_path) == [], app
+
+
+def test_background_fills_are_bounded_and_a_failure_leaves_nothing(tmp_path, caplog):
+    store = RenditionStore(tmp_path)
+    release = threading.Event()
+    cleanups = []
+
+    def slow():
+        release.wait(30)
+        yield b"x" * 10
+
+    threads = [store.fill_in_background((f'"t{i}"', 10), "audio/mp4", slow, lambda i=i: cleanups.append(i))
+               for i in range(3)]
+    assert threads[0] is not None and threads[1] is not None
+    assert threads[2] is None and cleanups == [2]  # two already run: skipped, cleaned up at once
+    assert store.fill_in_background(('"t0"', 10), "audio/mp4", slow, lambda: cleanups.append(0)) is None
+    release.set()
+    assert store.join_fills(timeout=30)
+    assert sorted(cleanups) == [0, 0, 1, 2] and len(stored(tmp_path)) == 2 and not temporary(tmp_path)
+
+    def broken():
+        yield b"x"
+        raise OSError("the disk went away")
+
+    with caplog.at_level(logging.DEBUG, logger="audio_middleware"):  # the second is a debug line: rate limit
+        store.fill_in_background(('"t8"', 10), "audio/mp4", broken, lambda: cleanups.append(8))
+        store.fill_in_background(('"t9"', 10), "audio/mp4", lambda: [b"short"], lambda: cleanups.append(9))
+        assert store.join_fills(timeout=30)
+    assert sorted(cleanups)[-2:] == [8, 9] and len(stored(tmp_path)) == 2 and not temporary(tmp_path)
+    assert "background fill" in caplog.text and "5 bytes written, expected 10" in caplog.text
+
+
+def test_an_independent_copy_reads_after_the_original_is_closed(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    original = FileSource(open(path, "rb"), start=10, owned=True)
+    copy = original.independent_copy()
+    original.close()
+    assert copy.size == 1014 and copy.read(0, 4) == bytes(range(10, 14))
+    copy.close()
+    assert FileSource(CountingFile(path)).independent_copy() is None  # no descriptor to duplicate
 
 
 # -- keys ------------------------------------------------------------------------------------------------------
@@ -629,3 +701,28 @@ def test_gunicorn_serves_the_second_download_from_the_store(media, video_heavy, 
             time.sleep(0.05)
         assert sorted(close_log.read_text().splitlines()) == sorted(
             [f"stream {file}" for file in ("mp4_faststart.mp4", "mp4_moov_end.mp4")] * 2)
+
+
+def test_gunicorn_fills_the_store_in_the_background_after_a_first_ranged_request(video_heavy, tmp_path):
+    """Safari's pattern under a real server: ``bytes=0-1`` first, then the store answers the rest."""
+    import requests
+
+    from .servers import run_gunicorn
+
+    folder, store = tmp_path / "media", tmp_path / "store"
+    folder.mkdir()
+    shutil.copy(video_heavy, folder / "heavy.mp4")
+    env = {"AM_MEDIA_DIR": str(folder), "AM_RENDITION_CACHE": str(store)}
+    with run_gunicorn("tests.server_apps:app", env=env, workers=1, threads=2) as url:
+        probe = requests.get(f"{url}/file/heavy.mp4?{FLAG}", headers={"Range": "bytes=0-1"}, timeout=30)
+        assert probe.status_code == 206 and len(probe.content) == 2
+        length = int(probe.headers["Content-Range"].rsplit("/", 1)[1])
+        deadline = time.monotonic() + 30
+        while not stored(store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [name] = stored(store)
+        assert (store / name).stat().st_size == length and not temporary(store)
+        whole = requests.get(f"{url}/file/heavy.mp4?{FLAG}", timeout=30)
+        assert whole.status_code == 200 and whole.content == (store / name).read_bytes()
+        assert whole.content[:2] == probe.content
+        media_toolkit.assert_audio_identical(video_heavy, whole.content)
