@@ -55,12 +55,13 @@ class Spans:
 
     __slots__ = ("offsets", "lengths", "length", "_ends")
 
-    def __init__(self, offsets: Sequence[int], lengths: Sequence[int]) -> None:
+    def __init__(self, offsets: Sequence[int], lengths: Sequence[int], length: int | None = None) -> None:
+        """``length``: the sum of ``lengths`` when the caller knows it (summing 180k Python ints costs 5 ms)."""
         self.offsets = offsets if isinstance(offsets, array) and offsets.typecode == "q" else array("q", offsets)
         self.lengths = lengths if isinstance(lengths, array) and lengths.typecode == "q" else array("q", lengths)
         if len(self.offsets) != len(self.lengths):
             raise ValueError("offsets and lengths differ in length")
-        self.length = sum(self.lengths)
+        self.length = sum(self.lengths) if length is None else length
         self._ends: array | None = None
 
     @classmethod
@@ -71,7 +72,7 @@ class Spans:
             column = array("q")
             column.frombytes(memoryview(values.astype("=i8", copy=False)).cast("B"))  # type: ignore[attr-defined]
             columns.append(column)
-        return cls(*columns)
+        return cls(*columns, length=int(lengths.sum(dtype="=i8")))  # type: ignore[attr-defined]
 
     @property
     def ends(self) -> array:
@@ -108,7 +109,7 @@ class Spans:
         over = ends[min(last, len(ends) - 1)] - stop
         if over > 0:
             lengths[-1] -= over
-        return Spans(offsets, lengths)
+        return Spans(offsets, lengths, min(stop, ends[-1]) - max(start, 0))
 
     @property
     def forward_only(self) -> bool:
