@@ -3,12 +3,17 @@
 A bare generator is not enough: a generator that was never started does not
 run its ``finally`` when closed, and the server may close our iterable before
 (or instead of) iterating it when the client goes away.
+
+:class:`FileRegion` is the other kind of body: one contiguous region of a real
+file, handed to the server's ``wsgi.file_wrapper`` so that gunicorn sends it
+with ``sendfile`` instead of our reading it block by block.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from typing import IO
 
 log = logging.getLogger("audio_middleware")
 
@@ -48,6 +53,55 @@ class ClosingBody:
         closers = [getattr(self._chunks, "close", None), *self._closers]
         self._closers = []
         _run_all([closer for closer in closers if closer is not None])
+
+
+class FileRegion:
+    """``length`` bytes of ``file`` from byte ``start``, as a file object for ``wsgi.file_wrapper``.
+
+    The file is positioned at ``start``: gunicorn sends with ``sendfile`` from the
+    descriptor's position for Content-Length bytes; a server that iterates the
+    wrapper (or werkzeug's ``FileWrapper``) calls :meth:`read`, which never goes
+    past the region. :meth:`close` runs ``closers`` once, every one of them.
+    """
+
+    def __init__(self, file: IO[bytes], start: int, length: int, *closers: Callable[[], object]) -> None:
+        self._file = file
+        self._position = file.seek(start)
+        self._end = start + length
+        self._closers = list(closers)
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    @property
+    def name(self) -> object:
+        return getattr(self._file, "name", None)
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._end - self._position
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        data = self._file.read(size)
+        self._position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Absolute positions in the file (what ``socket.sendfile`` passes back after a partial send)."""
+        self._position = self._file.seek(offset, whence)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
+        _run_all(closers)
 
 
 def _run_all(closers: list[Callable[[], object]]) -> None:

@@ -27,7 +27,7 @@ from werkzeug.datastructures import ContentRange, Headers
 from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header, parse_options_header, remove_entity_headers
 from werkzeug.wsgi import FileWrapper
 
-from .body import ClosingBody, close_quietly
+from .body import ClosingBody, FileRegion, close_quietly
 from .cache import PlanCache
 from .emit import DEFAULT_BLOCK, iter_plan_bytes
 from .errors import (
@@ -41,7 +41,7 @@ from .errors import (
 )
 from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
-from .plan import LazyPlan, Plan, Span
+from .plan import LazyPlan, Plan, Span, Spans
 from .record import recording
 from .rendition import Validators, answer_range, not_modified, validators_for
 from .renditions import Hit, RenditionStore
@@ -407,9 +407,12 @@ class AudioOnlyMiddleware:
                 # into the store while it streams; published only if it completes.
                 fill = self.renditions.filler((stored_as, plan.length), plan.content_type)
                 if fill is not None:
-                    chunks = fill.tee(chunks)
+                    return ClosingBody(fill.tee(chunks), source.close, upstream.close)
             else:
                 self._fill_in_background((stored_as, plan.length), plan, source)
+        region = _one_region(pieces, source, self.block_size, source.close, upstream.close)
+        if region is not None:  # a range inside one large span of a file: the server's sendfile
+            return (environ.get("wsgi.file_wrapper") or FileWrapper)(region, self.block_size)
         return ClosingBody(chunks, source.close, upstream.close)
 
     def _fill_in_background(self, key: tuple[str, int], plan: Plan, source: Source) -> None:
@@ -442,9 +445,9 @@ class AudioOnlyMiddleware:
                      headers: Headers, validators: Validators, head: bool) -> Iterable[bytes]:
         """Answer from the rendition store: no plan, no span reads, the same headers as a planned answer.
 
-        The whole rendition goes out through the server's own ``wsgi.file_wrapper`` (sendfile under
-        gunicorn); a range is read from the stored file. The upstream is closed at once: it gave
-        the validators, and its body is not needed.
+        The rendition, or the range of it, goes out through the server's own ``wsgi.file_wrapper``
+        (sendfile under gunicorn). The upstream is closed at once: it gave the validators, and its
+        body is not needed.
         """
         try:
             headers["Content-Type"] = hit.content_type
@@ -453,13 +456,9 @@ class AudioOnlyMiddleware:
             if head:
                 hit.file.close()
                 body: Iterable[bytes] = []
-            elif status == "200 OK":
-                wrapper = environ.get("wsgi.file_wrapper") or FileWrapper
-                body = wrapper(hit.file, self.block_size)
             else:
-                stored = FileSource(hit.file, size=hit.length, owned=True)
-                body = ClosingBody(iter_plan_bytes((Span(start, stop - start),), stored, self.block_size),
-                                   stored.close)
+                wrapper = environ.get("wsgi.file_wrapper") or FileWrapper
+                body = wrapper(FileRegion(hit.file, start, stop - start, hit.file.close), self.block_size)
         except BaseException:
             hit.file.close()
             raise
@@ -495,6 +494,18 @@ class _Unsatisfiable(AudioExtractionError):
     def __init__(self, length: int | None) -> None:
         super().__init__("the requested range is not satisfiable for the audio rendition")
         self.length = length
+
+
+def _one_region(pieces: object, source: Source, at_least: int, *closers: Callable[[], object]) -> FileRegion | None:
+    """The answer as one region of the source's file, when it is a single span of ``at_least`` bytes or more."""
+    if not isinstance(pieces, tuple) or len(pieces) != 1 or not isinstance(source, FileSource):
+        return None
+    piece = pieces[0]
+    if isinstance(piece, Spans) and len(piece) == 1:
+        piece = Span(piece.offsets[0], piece.lengths[0])
+    if not isinstance(piece, Span) or piece.length < at_least:
+        return None
+    return source.region(piece.offset, piece.length, *closers)
 
 
 def _seconds(raw: str | None, name: str | None) -> float | None:

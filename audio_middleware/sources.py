@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Protocol
 
+from .body import FileRegion
 from .errors import LimitExceeded, MalformedMedia, SourceTruncated
 
 BLOCK = 1024 * 1024
@@ -274,6 +275,13 @@ class FileSource:
             return _gather(lambda _fd, length, position: self.read(position, length), None, 0, offsets, lengths,
                            block, self.read)
         return _gather(os.pread, self._fd, self._start, offsets, lengths, block, self.read)
+
+    def region(self, offset: int, length: int, *closers: Callable[[], object]) -> FileRegion | None:
+        """Bytes ``[offset, offset + length)`` as a :class:`FileRegion` of the underlying file (for the
+        server's sendfile), closing with ``closers``; None without a descriptor."""
+        if self._fd is None:
+            return None
+        return FileRegion(self._file, self._start + offset, length, *closers)
 
     def independent_copy(self) -> FileSource | None:
         """The same bytes through a duplicate descriptor, for work that outlives the response

@@ -22,11 +22,34 @@ def server(media, video_heavy, tmp_path_factory):
         shutil.copy(media(kind), folder / media(kind).name)
     shutil.copy(video_heavy, folder / "heavy.mp4")
     remux_faststart(video_heavy, folder / "heavy_faststart.mp4")
+    repeat_audio(media("m4a_audio_only"), folder / "long_audio_only.mp4", times=12)
     close_log = folder / "closes.log"
     close_log.touch()
     env = {"AM_MEDIA_DIR": str(folder), "AM_CLOSE_LOG": str(close_log)}
     with run_gunicorn("tests.server_apps:app", env=env, threads=4) as url:
         yield url, folder, close_log
+
+
+def repeat_audio(source, target, times):
+    """An audio-only MP4 (moov in front) holding the audio packets of ``source`` ``times`` times over."""
+    import av
+
+    with av.open(str(target), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        shift, stream = 0, None
+        for _ in range(times):
+            with av.open(str(source)) as inp:
+                audio = inp.streams.audio[0]
+                stream = stream or out.add_stream_from_template(audio)
+                end = 0
+                for packet in inp.demux(audio):
+                    if packet.dts is None:
+                        continue
+                    end = max(end, packet.pts + packet.duration)
+                    packet.pts += shift
+                    packet.dts += shift
+                    packet.stream = stream
+                    out.mux(packet)
+                shift += end
 
 
 def remux_faststart(source, target):
@@ -129,6 +152,23 @@ def test_range_and_head_over_http(server):
     assert part.status_code == 206 and part.content == full.content[-1000:]
     head = requests.head(f"{url}/file/mp4_moov_end.mp4?ali_audio_only=1", timeout=30)
     assert head.headers["Content-Length"] == full.headers["Content-Length"] and not head.content
+
+
+def test_a_range_inside_one_large_span_is_sent_from_the_file(server):
+    """An MP4 without video is a new moov and one span: a range in it goes out with gunicorn's sendfile,
+    from the position the middleware gives the file."""
+    url, folder, _ = server
+    target = f"{url}/file/long_audio_only.mp4?ali_audio_only=1"
+    full = requests.get(target, timeout=30)
+    media_toolkit.assert_audio_identical(folder / "long_audio_only.mp4", full.content)
+    size = 200 * 1024  # more than a block (128 KiB), inside the audio data
+    assert len(full.content) > size + 10_000
+    for header, expected in ((f"bytes=-{size}", slice(-size, None)),
+                             (f"bytes={len(full.content) - size - 5000}-{len(full.content) - 5001}",
+                              slice(-size - 5000, -5000))):
+        part = requests.get(target, headers={"Range": header}, timeout=30)
+        assert part.status_code == 206 and part.content == full.content[expected], header
+        assert int(part.headers["Content-Length"]) == size
 
 
 def test_unflagged_is_the_file(server):

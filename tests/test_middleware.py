@@ -314,6 +314,43 @@ def test_single_range_is_a_slice_of_the_full_body(mp4_client, header, expected):
     assert int(response.headers["Content-Length"]) == len(response.body)
 
 
+class RecordingWrapper:
+    """A server's ``wsgi.file_wrapper`` that remembers what it was given and iterates read()."""
+
+    given: list = []
+
+    def __init__(self, filelike, block_size=8192):
+        RecordingWrapper.given.append(filelike)
+        self.filelike = filelike
+
+    def __iter__(self):
+        return iter(lambda: self.filelike.read(8192), b"")
+
+    def close(self):
+        self.filelike.close()
+
+
+def test_a_range_inside_one_large_span_goes_to_the_servers_file_wrapper(media):
+    """An audio-only MP4 is a new moov and one span: a range in that span is a region of the file (sendfile)."""
+    path = media("m4a_audio_only")
+    app = FileApp(path, content_type="video/mp4")
+    middleware = AudioOnlyMiddleware(app, block_size=4096)
+    whole = call(middleware)[2]
+    media_toolkit.assert_audio_identical(path, whole)
+    RecordingWrapper.given = []
+    status, _, part = call(middleware, HTTP_RANGE="bytes=-10000", **{"wsgi.file_wrapper": RecordingWrapper})
+    assert status.startswith("206") and part == whole[-10000:]
+    [region] = RecordingWrapper.given
+    assert region.name == str(path) and region.closed and app.closes == app.bodies
+    with open(path, "rb") as source:  # the region starts where those bytes are in the source
+        assert region.tell() == source.read().index(part) + len(part)
+    # smaller than a block, or across a literal: read and joined as usual
+    for header in ("bytes=-100", "bytes=0-"):
+        assert call(middleware, HTTP_RANGE=header, **{"wsgi.file_wrapper": RecordingWrapper})[2] == whole[
+            -100 if header == "bytes=-100" else 0:]
+    assert len(RecordingWrapper.given) == 1 and app.closes == app.bodies
+
+
 def test_every_range_split_reassembles_the_body(media):
     for source in ("file", "generator", "range"):
         _, client = serve(media("mp4_faststart"), source)
