@@ -6,12 +6,14 @@ run its ``finally`` when closed, and the server may close our iterable before
 
 :class:`FileRegion` is the other kind of body: one contiguous region of a real
 file, handed to the server's ``wsgi.file_wrapper`` so that gunicorn sends it
-with ``sendfile`` instead of our reading it block by block.
+with ``sendfile`` instead of our reading it block by block, where that is safe
+(:func:`sendfile_region`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
@@ -58,10 +60,13 @@ class ClosingBody:
 class FileRegion:
     """``length`` bytes of ``file`` from byte ``start``, as a file object for ``wsgi.file_wrapper``.
 
-    The file is positioned at ``start``: gunicorn sends with ``sendfile`` from the
-    descriptor's position for Content-Length bytes; a server that iterates the
-    wrapper (or werkzeug's ``FileWrapper``) calls :meth:`read`, which never goes
-    past the region. :meth:`close` runs ``closers`` once, every one of them.
+    The file is positioned at ``start``, and :meth:`read` never goes past the
+    region, so any server that iterates the wrapper (or werkzeug's and
+    wsgiref's ``FileWrapper``) sends exactly the region. It has no ``fileno()``:
+    servers that see one may ``sendfile`` from byte 0 (gunicorn before 21,
+    uWSGI) or to the end of the file; :class:`SendfileRegion` has it, for the
+    cases where that is known to be right (see :func:`sendfile_region`).
+    :meth:`close` runs ``closers`` once, every one of them.
     """
 
     def __init__(self, file: IO[bytes], start: int, length: int, *closers: Callable[[], object]) -> None:
@@ -69,9 +74,6 @@ class FileRegion:
         self._position = file.seek(start)
         self._end = start + length
         self._closers = list(closers)
-
-    def fileno(self) -> int:
-        return self._file.fileno()
 
     @property
     def name(self) -> object:
@@ -102,6 +104,46 @@ class FileRegion:
     def close(self) -> None:
         closers, self._closers = self._closers, []
         _run_all(closers)
+
+
+class SendfileRegion(FileRegion):
+    """A :class:`FileRegion` with ``fileno()``: the server may ``sendfile`` it."""
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+
+#: gunicorn sends a file wrapper from the descriptor's position for Content-Length bytes since
+#: version 21 (benoitc/gunicorn#2687; 20.1 sent from byte 0, issue #2669).
+GUNICORN_SENDFILE_FROM_POSITION = (21,)
+
+
+def sendfile_region(environ: dict, file: IO[bytes], start: int, length: int,
+                    *closers: Callable[[], object]) -> FileRegion:
+    """The region as a file object for ``environ``'s server: with ``fileno()`` (so ``sendfile``) when it
+    is the whole file, which every server sends right, or when the server is known to honour the
+    file's position and Content-Length (gunicorn 21 or later); else bounded reads."""
+    whole = start == 0 and _size(file) == length
+    kind = SendfileRegion if whole or _honours_position(environ) else FileRegion
+    return kind(file, start, length, *closers)
+
+
+def _size(file: IO[bytes]) -> int | None:
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _honours_position(environ: dict) -> bool:
+    name, _, version = str(environ.get("SERVER_SOFTWARE", "")).partition("/")
+    if name != "gunicorn":
+        return False
+    try:
+        numbers = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return numbers >= GUNICORN_SENDFILE_FROM_POSITION
 
 
 def _run_all(closers: list[Callable[[], object]]) -> None:

@@ -27,7 +27,7 @@ from werkzeug.datastructures import ContentRange, Headers
 from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header, parse_options_header, remove_entity_headers
 from werkzeug.wsgi import FileWrapper
 
-from .body import ClosingBody, FileRegion, close_quietly
+from .body import ClosingBody, FileRegion, close_quietly, sendfile_region
 from .cache import PlanCache
 from .emit import DEFAULT_BLOCK, iter_plan_bytes
 from .errors import (
@@ -410,7 +410,7 @@ class AudioOnlyMiddleware:
                     return ClosingBody(fill.tee(chunks), source.close, upstream.close)
             else:
                 self._fill_in_background((stored_as, plan.length), plan, source)
-        region = _one_region(pieces, source, self.block_size, source.close, upstream.close)
+        region = _one_region(environ, pieces, source, self.block_size, source.close, upstream.close)
         if region is not None:  # a range inside one large span of a file: the server's sendfile
             return (environ.get("wsgi.file_wrapper") or FileWrapper)(region, self.block_size)
         return ClosingBody(chunks, source.close, upstream.close)
@@ -458,7 +458,8 @@ class AudioOnlyMiddleware:
                 body: Iterable[bytes] = []
             else:
                 wrapper = environ.get("wsgi.file_wrapper") or FileWrapper
-                body = wrapper(FileRegion(hit.file, start, stop - start, hit.file.close), self.block_size)
+                body = wrapper(sendfile_region(environ, hit.file, start, stop - start, hit.file.close),
+                               self.block_size)
         except BaseException:
             hit.file.close()
             raise
@@ -496,7 +497,8 @@ class _Unsatisfiable(AudioExtractionError):
         self.length = length
 
 
-def _one_region(pieces: object, source: Source, at_least: int, *closers: Callable[[], object]) -> FileRegion | None:
+def _one_region(environ: dict, pieces: object, source: Source, at_least: int,
+                *closers: Callable[[], object]) -> FileRegion | None:
     """The answer as one region of the source's file, when it is a single span of ``at_least`` bytes or more."""
     if not isinstance(pieces, tuple) or len(pieces) != 1 or not isinstance(source, FileSource):
         return None
@@ -505,7 +507,7 @@ def _one_region(pieces: object, source: Source, at_least: int, *closers: Callabl
         piece = Span(piece.offsets[0], piece.lengths[0])
     if not isinstance(piece, Span) or piece.length < at_least:
         return None
-    return source.region(piece.offset, piece.length, *closers)
+    return source.region(environ, piece.offset, piece.length, *closers)
 
 
 def _seconds(raw: str | None, name: str | None) -> float | None:

@@ -6,6 +6,8 @@ audio packets identical to the source's (bytes, pts, dts, duration).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from webtest import TestApp
 
@@ -330,25 +332,46 @@ class RecordingWrapper:
         self.filelike.close()
 
 
-def test_a_range_inside_one_large_span_goes_to_the_servers_file_wrapper(media):
-    """An audio-only MP4 is a new moov and one span: a range in that span is a region of the file (sendfile)."""
+class SendfileFromZeroWrapper(RecordingWrapper):
+    """What uWSGI and gunicorn before 21 do with a file that has fileno(): send it from byte 0, whole."""
+
+    def __iter__(self):
+        if hasattr(self.filelike, "fileno"):
+            fd = self.filelike.fileno()
+            return iter([os.pread(fd, os.fstat(fd).st_size, 0)])
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("server, sendfile", [
+    ("gunicorn/27.0.1", True), ("gunicorn/21.0.0", True),
+    ("gunicorn/20.1.0", False), ("uWSGI", False), (None, False),
+])
+def test_a_range_inside_one_large_span_goes_to_the_servers_file_wrapper(media, server, sendfile):
+    """An audio-only MP4 is a new moov and one span: a range in that span is a region of the source file,
+    with fileno() (sendfile) only for servers known to send from the file's position."""
     path = media("m4a_audio_only")
     app = FileApp(path, content_type="video/mp4")
     middleware = AudioOnlyMiddleware(app, block_size=4096)
     whole = call(middleware)[2]
     media_toolkit.assert_audio_identical(path, whole)
     RecordingWrapper.given = []
-    status, _, part = call(middleware, HTTP_RANGE="bytes=-10000", **{"wsgi.file_wrapper": RecordingWrapper})
+    environ = {"wsgi.file_wrapper": RecordingWrapper, **({"SERVER_SOFTWARE": server} if server else {})}
+    status, _, part = call(middleware, HTTP_RANGE="bytes=-10000", **environ)
     assert status.startswith("206") and part == whole[-10000:]
     [region] = RecordingWrapper.given
+    assert hasattr(region, "fileno") == sendfile
     assert region.name == str(path) and region.closed and app.closes == app.bodies
     with open(path, "rb") as source:  # the region starts where those bytes are in the source
         assert region.tell() == source.read().index(part) + len(part)
+    if not sendfile:  # a server that would send the file from byte 0 still sends the right bytes
+        environ["wsgi.file_wrapper"] = SendfileFromZeroWrapper
+        assert call(middleware, HTTP_RANGE="bytes=-10000", **environ)[2] == whole[-10000:]
     # smaller than a block, or across a literal: read and joined as usual
-    for header in ("bytes=-100", "bytes=0-"):
-        assert call(middleware, HTTP_RANGE=header, **{"wsgi.file_wrapper": RecordingWrapper})[2] == whole[
-            -100 if header == "bytes=-100" else 0:]
-    assert len(RecordingWrapper.given) == 1 and app.closes == app.bodies
+    RecordingWrapper.given = []
+    environ["wsgi.file_wrapper"] = RecordingWrapper
+    assert call(middleware, HTTP_RANGE="bytes=-100", **environ)[2] == whole[-100:]
+    assert call(middleware, HTTP_RANGE="bytes=0-", **environ)[2] == whole
+    assert RecordingWrapper.given == [] and app.closes == app.bodies
 
 
 def test_every_range_split_reassembles_the_body(media):
