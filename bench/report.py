@@ -25,13 +25,14 @@ def _div(a: object, b: object) -> float | None:
 
 
 def _row(ident: str, goal: str, value: float | None, unit: str, op: str, target: float,
-         required: bool = True) -> dict:
+         required: bool = True, best: float | None = None) -> dict:
+    """``best``: the same ratio from the fastest run of each side (download rows), to read the medians' noise."""
     ok = None if value is None else (value <= target if op == "<=" else value >= target)
     score = None
     if value is not None:
         score = _div(value, target) if op == "<=" else _div(target, value) if value else float("inf")
     return {"id": ident, "goal": goal, "value": value, "unit": unit, "op": op, "target": target, "ok": ok,
-            "score": score, "required": required}
+            "score": score, "required": required, "best": best}
 
 
 def ratios(results: dict) -> list[dict]:
@@ -59,6 +60,9 @@ def ratios(results: dict) -> list[dict]:
                 "fill_s": _get(entry, "stored_fill", "total_s"),
                 "stored_vs_floor": _div(_get(entry, "stored", "total_s"), _get(entry, "floor", "total_s")),
                 "stored_vs_whole": _div(_get(entry, "stored", "total_s"), _get(entry, "whole", "total_s")),
+                **{f"{name}_min_s": _get(entry, key, "total_min_s")
+                   for name, key in (("ours", "flagged"), ("whole", "whole"), ("floor", "floor"),
+                                     ("stored", "stored"))},
             })
     return rows
 
@@ -75,20 +79,24 @@ def targets(results: dict) -> list[dict]:
                          _get(results, "plan", "movie_front", "middleware_cached_ms"), "ms", "<=", 2))
     table = {(r["input"], r["kind"]): r for r in ratios(results)}
     big = table.get(("big_mp4", "file"), {})
+    best = {name: big.get(f"{name}_min_s") for name in ("ours", "whole", "floor", "stored")}
     rows.append(_row("speedup_vs_whole/big_mp4/file", "600 MB file-backed: whole download / flagged",
-                     _div(big.get("whole_s"), big.get("ours_s")), "x", ">=", 30))
+                     _div(big.get("whole_s"), big.get("ours_s")), "x", ">=", 30,
+                     best=_div(best["whole"], best["ours"])))
     rows.append(_row("vs_floor/big_mp4/file", "600 MB file-backed: flagged / plain audio-sized file",
-                     big.get("vs_floor"), "x", "<=", 1.3))
+                     big.get("vs_floor"), "x", "<=", 1.3, best=_div(best["ours"], best["floor"])))
     if big.get("stored_s") is not None:
         rows.append(_row("speedup_vs_whole_stored/big_mp4/file", "600 MB file-backed, from the rendition store: "
-                         "whole download / flagged", _div(big.get("whole_s"), big.get("stored_s")), "x", ">=", 30))
+                         "whole download / flagged", _div(big.get("whole_s"), big.get("stored_s")), "x", ">=", 30,
+                         best=_div(best["whole"], best["stored"])))
         rows.append(_row("vs_floor_stored/big_mp4/file", "600 MB file-backed, from the rendition store: flagged / "
-                         "plain audio-sized file", big.get("stored_vs_floor"), "x", "<=", 1.3))
+                         "plain audio-sized file", big.get("stored_vs_floor"), "x", "<=", 1.3,
+                         best=_div(best["stored"], best["floor"])))
     # Our bytes cannot go out faster than a plain file of the same size through the same server:
     # whole/floor bounds both "whole / flagged" rows above, whatever the middleware does.
     rows.append(_row("speedup_bound/big_mp4/file", "600 MB: whole download / plain audio-sized file (the bound "
                      "of both 'whole / flagged' rows)", _div(big.get("whole_s"), big.get("floor_s")), "x", ">=", 30,
-                     required=False))
+                     required=False, best=_div(best["whole"], best["floor"])))
     movie = table.get(("movie_front", "file"), {})
     if movie.get("stored_s") is not None:
         rows.append(_row("vs_floor_stored/movie_front/file", "2-hour movie file-backed, from the rendition store: "
@@ -156,11 +164,12 @@ def _status(row: dict) -> str:
 
 
 def target_lines(results: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["target", "ours", "goal", "ours vs goal", "status"]
+    header = ["target", "ours", "goal", "ours vs goal", "status", "fastest runs"]
     body = []
     for row in results.get("targets", []):
+        best = "" if row.get("best") is None else f"{_fmt(row['best'])} {row['unit']}"
         body.append([row["goal"], f"{_fmt(row['value'])} {row['unit']}", f"{row['op']} {_fmt(row['target'])} "
-                     f"{row['unit']}", _fmt(row["score"]), _status(row)])
+                     f"{row['unit']}", _fmt(row["score"]), _status(row), best])
     return header, body
 
 
@@ -219,7 +228,9 @@ def markdown(results: dict, plot: pathlib.Path | None, relative_to: pathlib.Path
              + ", ".join(f"{k} {v}" for k, v in (machine.get("packages") or {}).items() if v)
              + f"; {machine.get('ffmpeg') or 'no ffmpeg'}.", "",
              "### Targets", "", "`ours vs goal` is value/target for upper bounds and target/value for lower "
-             "bounds: at most 1 meets the target.", "", _markdown(*target_lines(results)), "",
+             "bounds: at most 1 meets the target. `fastest runs`: the same download ratio from the fastest "
+             "run of each side instead of the medians (how much of a ms-scale ratio is the machine's noise).",
+             "", _markdown(*target_lines(results)), "",
              "### Flagged download vs the alternatives", "",
              "Through gunicorn (gthread, 1 worker, 4 threads) on 127.0.0.1, client `requests` with `stream=True` "
              "and 1 MiB `iter_content`. *ours*: flagged download with the plan cached (ttfb = first body byte); "
