@@ -247,6 +247,7 @@ class RenditionStore:
                 fill.write(block)
                 if not fill.open:
                     break  # the fill gave up (disk full...), already logged
+                time.sleep(0)  # let the requests run between blocks (under gevent: yield to the hub)
             fill.commit()
         except Exception as error:  # noqa: BLE001 - a background fill never takes the worker down
             self._warn("rendition store: background fill of %s failed (%s)", self.path_for(fill.key), error)
