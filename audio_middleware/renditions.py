@@ -233,12 +233,13 @@ class RenditionStore:
             return None
         try:
             thread.start()
-        except BaseException:  # no thread (resource limits): nothing was filled
+        except Exception as error:  # noqa: BLE001 - no thread (resource limits): the response goes on
             with self._lock:
                 self._background.discard(thread)
             fill.abort()
             cleanup()
-            raise
+            self._warn("rendition store: cannot start a background fill (%s)", error)
+            return None
         return thread
 
     def _fill_from(self, fill: Fill, blocks: Callable[[], Iterable[bytes]], cleanup: Callable[[], None]) -> None:

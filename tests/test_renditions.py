@@ -304,6 +304,21 @@ def test_background_fills_are_bounded_and_a_failure_leaves_nothing(tmp_path, cap
     assert "background fill" in caplog.text and "5 bytes written, expected 10" in caplog.text
 
 
+def test_a_thread_that_cannot_start_is_no_fill_and_no_error(tmp_path, monkeypatch):
+    store = RenditionStore(tmp_path)
+    cleanups = []
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert store.fill_in_background(('"t"', 1), "audio/mp4", lambda: [b"x"], lambda: cleanups.append(1)) is None
+    assert cleanups == [1] and listing(tmp_path) == [] and store.join_fills(timeout=1)
+    monkeypatch.undo()  # threads again: the key was released, the next request fills it
+    assert store.fill_in_background(('"t"', 1), "audio/mp4", lambda: [b"x"], lambda: None) is not None
+    assert store.join_fills(timeout=30) and len(stored(tmp_path)) == 1
+
+
 def test_an_independent_copy_reads_after_the_original_is_closed(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(bytes(range(256)) * 4)
