@@ -1167,6 +1167,24 @@ def _check_ffmpeg(source: bytes, output: bytes, wanted: dict | None) -> str:
     return "identical"
 
 
+def _flv_audio_payloads(source: bytes, tags: list) -> bytes | None:
+    """The audio bytes FFmpeg gives for these tags read whole: each payload after its codec header
+    (1 byte, 2 for AAC, whose sequence headers are extradata); None for Enhanced RTMP, whose
+    header length depends on the packet type."""
+    parts = []
+    for tag in tags:
+        if tag.type != 8 or tag.size == 0:
+            continue
+        sound_format = source[tag.data] >> 4
+        if sound_format == 9:
+            return None
+        if sound_format != 10:
+            parts.append(source[tag.data + 1:tag.end])
+        elif tag.size >= 2 and source[tag.data + 1] != 0:
+            parts.append(source[tag.data + 2:tag.end])
+    return b"".join(parts)
+
+
 def _aac_config_changes(source: bytes, tags: list) -> bool:
     """Whether an AAC sequence header (AudioSpecificConfig) comes after the first AAC frame.
 
@@ -1194,8 +1212,11 @@ def _ffmpeg_agrees(streams: list, wanted: dict, source: bytes) -> bool:
     MP4: FFmpeg's audio packets are exactly the reference reader's samples (same
     bytes, one packet per sample). FLV (FFmpeg's packets are tag payloads minus codec headers):
     every tag is audio, video or script without the filter bit, every
-    PreviousTagSize is right, the file ends with the last one, and the AAC
-    configuration does not change mid-stream (:func:`_aac_config_changes`).
+    PreviousTagSize is right, the file ends with the last one, the AAC
+    configuration does not change mid-stream (:func:`_aac_config_changes`), and
+    FFmpeg's audio bytes are all the audio tags' payloads (:func:`_flv_audio_payloads`):
+    video tags it cannot read (a codec id that changes mid-stream) can make it stop
+    reading the source early, which the rendition, without them, does not.
     """
     audio = [b"".join(packet[0] for packet in s.packets) for s in streams if s.type == "audio"]
     if "audio_tags" in wanted:
@@ -1205,8 +1226,9 @@ def _ffmpeg_agrees(streams: list, wanted: dict, source: bytes) -> bool:
                 return False
             if struct.unpack_from(">I", source, tag.end)[0] != tag.size + 11:
                 return False
+        payloads = _flv_audio_payloads(source, tags)
         return (bool(tags) and tags[-1].end + 4 == len(source) and any(audio)
-                and not _aac_config_changes(source, tags))
+                and not _aac_config_changes(source, tags) and (payloads is None or b"".join(audio) == payloads))
     expected = [bytes(samples.data) for _, samples, _ in wanted["tracks"]]
     sizes = [[len(packet[0]) for packet in s.packets] for s in streams if s.type == "audio"]
     # Same bytes *and* one packet per sample: FFmpeg neither skipped, merged (PCM chunks) nor

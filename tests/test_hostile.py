@@ -662,6 +662,14 @@ def test_the_ffmpeg_oracle_believes_only_a_reproducible_failure(monkeypatch, ren
         assert fz.check_content(flv, rendition, fz.container_of(flv)) == verdict
 
 
+@pytest.mark.parametrize("kind", ["flv_aac", "flv_mp3", "mp4_faststart", "mp4_mp3"])
+def test_the_ffmpeg_oracle_compares_packets_on_valid_media(media, kind):
+    """The conditions under which the oracle falls back to its byte-level check must not swallow valid files."""
+    data = media(kind).read_bytes()
+    rendition = fz.check_planners(data)["file"].output
+    assert fz.check_content(data, rendition, fz.container_of(data)) == "identical"
+
+
 # -- box sizes ----------------------------------------------------------------------------------
 
 
