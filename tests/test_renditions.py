@@ -728,8 +728,11 @@ def test_gunicorn_serves_the_second_download_from_the_store(media, video_heavy, 
             [f"stream {file}" for file in ("mp4_faststart.mp4", "mp4_moov_end.mp4")] * 2)
 
 
-def test_gunicorn_fills_the_store_in_the_background_after_a_first_ranged_request(video_heavy, tmp_path):
-    """Safari's pattern under a real server: ``bytes=0-1`` first, then the store answers the rest."""
+@pytest.mark.parametrize("worker_class", ["gthread", "sync"])
+def test_gunicorn_fills_the_store_in_the_background_after_a_first_ranged_request(video_heavy, tmp_path,
+                                                                                 worker_class):
+    """Safari's pattern under a real server: ``bytes=0-1`` first, then the store answers the rest
+    (with the sync worker too: the fill's thread runs beside the one that serves requests)."""
     import requests
 
     from .servers import run_gunicorn
@@ -738,7 +741,7 @@ def test_gunicorn_fills_the_store_in_the_background_after_a_first_ranged_request
     folder.mkdir()
     shutil.copy(video_heavy, folder / "heavy.mp4")
     env = {"AM_MEDIA_DIR": str(folder), "AM_RENDITION_CACHE": str(store)}
-    with run_gunicorn("tests.server_apps:app", env=env, workers=1, threads=2) as url:
+    with run_gunicorn("tests.server_apps:app", env=env, workers=1, threads=2, worker_class=worker_class) as url:
         probe = requests.get(f"{url}/file/heavy.mp4?{FLAG}", headers={"Range": "bytes=0-1"}, timeout=30)
         assert probe.status_code == 206 and len(probe.content) == 2
         length = int(probe.headers["Content-Range"].rsplit("/", 1)[1])
