@@ -13,7 +13,6 @@ with ``sendfile`` instead of our reading it block by block, where that is safe
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
@@ -118,21 +117,13 @@ class SendfileRegion(FileRegion):
 GUNICORN_SENDFILE_FROM_POSITION = (21,)
 
 
-def sendfile_region(environ: dict, file: IO[bytes], start: int, length: int,
-                    *closers: Callable[[], object]) -> FileRegion:
+def sendfile_region(environ: dict, file: IO[bytes], start: int, length: int, *closers: Callable[[], object],
+                    whole: bool = False) -> FileRegion:
     """The region as a file object for ``environ``'s server: with ``fileno()`` (so ``sendfile``) when it
-    is the whole file, which every server sends right, or when the server is known to honour the
+    is the ``whole`` file, which every server sends right, or when the server is known to honour the
     file's position and Content-Length (gunicorn 21 or later); else bounded reads."""
-    whole = start == 0 and _size(file) == length
     kind = SendfileRegion if whole or _honours_position(environ) else FileRegion
     return kind(file, start, length, *closers)
-
-
-def _size(file: IO[bytes]) -> int | None:
-    try:
-        return os.fstat(file.fileno()).st_size
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 def _honours_position(environ: dict) -> bool:

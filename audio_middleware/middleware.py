@@ -393,6 +393,7 @@ class AudioOnlyMiddleware:
             headers["Accept-Ranges"] = "none"
         else:
             status, start, stop = self._sized(environ, headers, plan.length, validators)
+            every_byte = stop - start == plan.length
             pieces = plan.pieces if status == "200 OK" else plan.slice(start, stop)
             stop_retaining(source)  # planning is over
         start_response(status, headers.to_wsgi_list())
@@ -402,7 +403,7 @@ class AudioOnlyMiddleware:
             return []
         chunks = iter_plan_bytes(pieces, source, self.block_size)
         if self.renditions is not None and stored_as is not None and isinstance(plan, Plan):
-            if status == "200 OK" or headers["Content-Length"] == str(plan.length):
+            if every_byte:
                 # An answer with every byte (a 200, or the 206 of a player's first "bytes=0-") is copied
                 # into the store while it streams; published only if it completes.
                 fill = self.renditions.filler((stored_as, plan.length), plan.content_type)
@@ -458,8 +459,9 @@ class AudioOnlyMiddleware:
                 body: Iterable[bytes] = []
             else:
                 wrapper = environ.get("wsgi.file_wrapper") or FileWrapper
-                body = wrapper(sendfile_region(environ, hit.file, start, stop - start, hit.file.close),
-                               self.block_size)
+                region = sendfile_region(environ, hit.file, start, stop - start, hit.file.close,
+                                         whole=stop - start == hit.length)  # find() checked the file's size
+                body = wrapper(region, self.block_size)
         except BaseException:
             hit.file.close()
             raise
@@ -507,7 +509,8 @@ def _one_region(environ: dict, pieces: object, source: Source, at_least: int,
         piece = Span(piece.offsets[0], piece.lengths[0])
     if not isinstance(piece, Span) or piece.length < at_least:
         return None
-    return source.region(environ, piece.offset, piece.length, *closers)
+    located = source.located(piece.offset)
+    return None if located is None else sendfile_region(environ, *located, piece.length, *closers)
 
 
 def _seconds(raw: str | None, name: str | None) -> float | None:

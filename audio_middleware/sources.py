@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Protocol
 
-from .body import FileRegion, sendfile_region
 from .errors import LimitExceeded, MalformedMedia, SourceTruncated
 
 BLOCK = 1024 * 1024
@@ -276,13 +275,12 @@ class FileSource:
                            block, self.read)
         return _gather(os.pread, self._fd, self._start, offsets, lengths, block, self.read)
 
-    def region(self, environ: dict, offset: int, length: int, *closers: Callable[[], object]) -> FileRegion | None:
-        """Bytes ``[offset, offset + length)`` as a region of the underlying file for ``environ``'s
-        ``wsgi.file_wrapper`` (see :func:`.body.sendfile_region`), closing with ``closers``; None
-        without a descriptor."""
+    def located(self, offset: int) -> tuple[IO[bytes], int] | None:
+        """The underlying file and the position of ``offset`` in it, for handing a region of it to
+        the server (see :func:`.body.sendfile_region`); None without a descriptor."""
         if self._fd is None:
             return None
-        return sendfile_region(environ, self._file, self._start + offset, length, *closers)
+        return self._file, self._start + offset
 
     def independent_copy(self) -> FileSource | None:
         """The same bytes through a duplicate descriptor, for work that outlives the response

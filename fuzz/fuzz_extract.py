@@ -805,21 +805,24 @@ def _probe(data: bytes):
 PROBE_RETRIES = 4
 
 
-def _probe_again(data: bytes, *, every: bool = False):
-    """Probe ``data`` :data:`PROBE_RETRIES` more times: the first success, or (``every``) the last
-    result only if all succeed; else None.
+def _probe_again(data: bytes):
+    """The first of :data:`PROBE_RETRIES` more probes of ``data`` that succeeds, or None.
 
     FFmpeg's FLV reader on some mutated inputs adds a stream while demuxing in some runs and
     not in others, and PyAV then fails to look that stream up (IndexError inside ``demux``): the
     same bytes open in one run in thirty. A rendition is only called unreadable when it never
-    opens while its source always does.
+    opens while its source always does (:func:`_always_opens`).
     """
-    found = None
     for _ in range(PROBE_RETRIES):
         found = _probe(data)
-        if (found is not None) != every:
+        if found is not None:
             return found
-    return found
+    return None
+
+
+def _always_opens(data: bytes) -> bool:
+    """Whether :data:`PROBE_RETRIES` more probes of ``data`` all succeed."""
+    return all(_probe(data) is not None for _ in range(PROBE_RETRIES))
 
 
 @contextlib.contextmanager
@@ -1143,7 +1146,7 @@ def _check_ffmpeg(source: bytes, output: bytes, wanted: dict | None) -> str:
             return "reference"
         out_streams = _probe_again(output)
         if out_streams is None:
-            if _probe_again(source, every=True) is None:
+            if not _always_opens(source):
                 return "reference"  # FFmpeg's reading of the source is not reproducible either
             raise Finding("lie", "FFmpeg reads the source's audio but cannot open the rendition")
     if src_streams is None or wanted is None or not _ffmpeg_agrees(src_streams, wanted, source):
