@@ -64,8 +64,11 @@ ACCESS_LINE = re.compile(r'^ACCESS "(?P<method>\S+) (?P<target>\S+) [^"]*" (?P<s
 TIMEOUT_MS = 20_000
 
 # JS helpers, run in the page: every wait has a timeout and fails on a media error.
+# An event that fired between the caller's readyState check and this listener (a fast answer, such as
+# one from the rendition store) is not waited for: the check and the listener run in one page task.
 _WAIT_EVENT = """([selector, event, timeoutMs]) => new Promise((resolve, reject) => {
   const el = document.querySelector(selector);
+  if (event === 'loadedmetadata' && el.readyState >= 1) { resolve(); return; }
   const timer = setTimeout(() => reject(new Error(`no ${event} within ${timeoutMs} ms (readyState ${el.readyState},
     networkState ${el.networkState}, error ${el.error && el.error.code} ${el.error && el.error.message})`)), timeoutMs);
   el.addEventListener('error', () => { clearTimeout(timer);
