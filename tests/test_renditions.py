@@ -37,6 +37,10 @@ def stored(directory):
     return [name for name in listing(directory) if name.endswith(".audio")]
 
 
+def indexes(directory):
+    return [name for name in listing(directory) if name.endswith(".json")]
+
+
 def temporary(directory):
     return [name for name in listing(directory) if name.startswith(".")]
 
@@ -746,10 +750,11 @@ def test_gunicorn_fills_the_store_in_the_background_after_a_first_ranged_request
         assert probe.status_code == 206 and len(probe.content) == 2
         length = int(probe.headers["Content-Range"].rsplit("/", 1)[1])
         deadline = time.monotonic() + 30
-        while not stored(store) and time.monotonic() < deadline:
+        # settled: the rendition is renamed into place before its index is written, so wait for both
+        while not (stored(store) and indexes(store) and not temporary(store)) and time.monotonic() < deadline:
             time.sleep(0.05)
         [name] = stored(store)
-        assert (store / name).stat().st_size == length and not temporary(store)
+        assert (store / name).stat().st_size == length and len(indexes(store)) == 1 and not temporary(store)
         whole = requests.get(f"{url}/file/heavy.mp4?{FLAG}", timeout=30)
         assert whole.status_code == 200 and whole.content == (store / name).read_bytes()
         assert whole.content[:2] == probe.content
