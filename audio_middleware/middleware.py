@@ -401,20 +401,20 @@ class AudioOnlyMiddleware:
             close_quietly(upstream)
             source.close()
             return []
-        chunks = iter_plan_bytes(pieces, source, self.block_size)
         if self.renditions is not None and stored_as is not None and isinstance(plan, Plan):
             if every_byte:
                 # An answer with every byte (a 200, or the 206 of a player's first "bytes=0-") is copied
                 # into the store while it streams; published only if it completes.
                 fill = self.renditions.filler((stored_as, plan.length), plan.content_type)
                 if fill is not None:
-                    return ClosingBody(fill.tee(chunks), source.close, upstream.close)
+                    chunks = fill.tee(iter_plan_bytes(pieces, source, self.block_size))
+                    return ClosingBody(chunks, source.close, upstream.close)
             else:
                 self._fill_in_background((stored_as, plan.length), plan, source)
         region = _one_region(environ, pieces, source, self.block_size, source.close, upstream.close)
         if region is not None:  # a range inside one large span of a file: the server's sendfile
-            return (environ.get("wsgi.file_wrapper") or FileWrapper)(region, self.block_size)
-        return ClosingBody(chunks, source.close, upstream.close)
+            return _file_wrapper(environ)(region, self.block_size)
+        return ClosingBody(iter_plan_bytes(pieces, source, self.block_size), source.close, upstream.close)
 
     def _fill_in_background(self, key: tuple[str, int], plan: Plan, source: Source) -> None:
         """A part of the rendition was asked for: store the whole one from a file-backed source, apart
@@ -458,10 +458,9 @@ class AudioOnlyMiddleware:
                 hit.file.close()
                 body: Iterable[bytes] = []
             else:
-                wrapper = environ.get("wsgi.file_wrapper") or FileWrapper
                 region = sendfile_region(environ, hit.file, start, stop - start, hit.file.close,
                                          whole=stop - start == hit.length)  # find() checked the file's size
-                body = wrapper(region, self.block_size)
+                body = _file_wrapper(environ)(region, self.block_size)
         except BaseException:
             hit.file.close()
             raise
@@ -497,6 +496,11 @@ class _Unsatisfiable(AudioExtractionError):
     def __init__(self, length: int | None) -> None:
         super().__init__("the requested range is not satisfiable for the audio rendition")
         self.length = length
+
+
+def _file_wrapper(environ: dict) -> Callable:
+    """The server's ``wsgi.file_wrapper`` (sendfile under gunicorn), or werkzeug's plain one."""
+    return environ.get("wsgi.file_wrapper") or FileWrapper
 
 
 def _one_region(environ: dict, pieces: object, source: Source, at_least: int,

@@ -217,7 +217,10 @@ class RenditionStore:
         Returns the thread, or None (``cleanup`` already called) when the key cannot be
         filled now: not storable, already being filled, or :data:`BACKGROUND_FILLS` running.
         """
-        fill = self.filler(key, content_type)
+        with self._lock:
+            busy = len(self._background) >= BACKGROUND_FILLS
+        # (checked again below, where it counts: this one spares a temporary file when busy)
+        fill = None if busy else self.filler(key, content_type)
         if fill is None:
             cleanup()
             return None

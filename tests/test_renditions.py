@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 
@@ -278,10 +279,13 @@ def test_a_part_from_a_body_that_cannot_be_read_again_does_not_fill(media, tmp_p
         assert listing(tmp_path) == [], app
 
 
-def test_background_fills_are_bounded_and_a_failure_leaves_nothing(tmp_path, caplog):
+def test_background_fills_are_bounded_and_a_failure_leaves_nothing(tmp_path, caplog, monkeypatch):
     store = RenditionStore(tmp_path)
     release = threading.Event()
     cleanups = []
+    created = []
+    mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: created.append(kw) or mkstemp(**kw))
 
     def slow():
         release.wait(30)
@@ -291,6 +295,7 @@ def test_background_fills_are_bounded_and_a_failure_leaves_nothing(tmp_path, cap
                for i in range(3)]
     assert threads[0] is not None and threads[1] is not None
     assert threads[2] is None and cleanups == [2]  # two already run: skipped, cleaned up at once
+    assert len(created) == 2  # and skipped before any temporary file was made
     assert store.fill_in_background(('"t0"', 10), "audio/mp4", slow, lambda: cleanups.append(0)) is None
     release.set()
     assert store.join_fills(timeout=30)
