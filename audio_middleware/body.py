@@ -56,6 +56,27 @@ class ClosingBody:
         _run_all([closer for closer in closers if closer is not None])
 
 
+class ClosingFile:
+    """``file`` with a different ``close()``: it runs ``closers`` once (and not the file's own).
+
+    For an app's file handed back, untransformed, to the server's ``wsgi.file_wrapper``:
+    the server closes the wrapper, and that must close the app's iterable (PEP 3333),
+    which closes the file and runs whatever else the app hooked on it. Everything
+    else (``read``, ``fileno``, ``seek``...) is the file's.
+    """
+
+    def __init__(self, file: IO[bytes], *closers: Callable[[], object]) -> None:
+        self._file = file
+        self._closers = list(closers)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
+        _run_all(closers)
+
+
 class FileRegion:
     """``length`` bytes of ``file`` from byte ``start``, as a file object for ``wsgi.file_wrapper``.
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable
 from functools import partial
 from itertools import chain
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus
 
 from werkzeug.datastructures import ContentRange, Headers
 from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header, parse_options_header, remove_entity_headers
@@ -43,7 +43,14 @@ from .extract import Selection, plan_source
 from .limits import GiB, Limits, MiB
 from .plan import LazyPlan, Plan, Span, Spans
 from .record import recording
-from .rendition import Validators, answer_range, not_modified, validators_for
+from .rendition import (
+    Validators,
+    answer_range,
+    not_modified,
+    precondition_failed,
+    range_honoured,
+    validators_for,
+)
 from .renditions import Hit, RenditionStore
 from .sniff import Container, by_content_type, by_signature
 from .sources import FileSource, RangeSource, SequentialSource, Source, spool, stop_retaining
@@ -120,7 +127,7 @@ class AudioOnlyMiddleware:
             selection = self._selection(query)
         except AudioExtractionError as error:
             return self._error(environ, start_response, error)
-        upstream_environ = self._upstream_environ(environ, query)
+        upstream_environ = self._upstream_environ(environ)
         upstream = Upstream(self.app, upstream_environ)
         try:
             return self._respond(environ, upstream_environ, upstream, selection, head, start_response)
@@ -147,11 +154,11 @@ class AudioOnlyMiddleware:
             start = None
         return Selection(track or None, start, end)
 
-    def _upstream_environ(self, environ: dict, query: list[tuple[str, str]]) -> dict:
+    def _upstream_environ(self, environ: dict) -> dict:
         """The environ the app sees: a plain GET for the whole file, our parameters removed."""
         upstream = {key: value for key, value in environ.items() if key not in UPSTREAM_DROPPED}
         upstream["REQUEST_METHOD"] = "GET"
-        upstream["QUERY_STRING"] = urlencode([(k, v) for k, v in query if k not in self._own_params])
+        upstream["QUERY_STRING"] = _without_params(environ.get("QUERY_STRING", ""), self._own_params)
         upstream["wsgi.file_wrapper"] = CaptureFileWrapper
         upstream["audio_middleware.server_file_wrapper"] = environ.get("wsgi.file_wrapper")
         return upstream
@@ -167,11 +174,11 @@ class AudioOnlyMiddleware:
         """
         server_wrapper = environ.get("wsgi.file_wrapper")
         if upstream.status_code != 200 or _encoded(upstream.headers):
-            return upstream.pass_through(start_response, server_wrapper)
+            return upstream.pass_through(start_response, server_wrapper, head=head)
         mimetype = parse_options_header(upstream.headers.get("Content-Type", ""))[0]
         declared, worth_sniffing = by_content_type(mimetype)
         if declared is None and not worth_sniffing:
-            return upstream.pass_through(start_response, server_wrapper)
+            return upstream.pass_through(start_response, server_wrapper, head=head)
 
         source = self._initial_source(upstream)
         found = by_signature(source.read(0, 16))
@@ -179,10 +186,12 @@ class AudioOnlyMiddleware:
             if declared is not None:
                 raise MalformedMedia(f"body served as {mimetype} is not a valid {declared.value.upper()} file")
             replay = None if source.random_access else source.replay()  # type: ignore[union-attr]
-            return upstream.pass_through(start_response, server_wrapper, replay)
+            return upstream.pass_through(start_response, server_wrapper, replay, head=head)
 
         validators = validators_for(upstream.headers, (found.value, selection.key))
         base_headers = self._base_headers(upstream.headers, validators, found)
+        if precondition_failed(environ, validators):
+            raise _PreconditionFailed()
         if not_modified(environ, validators):
             close_quietly(upstream)
             source.close()
@@ -208,16 +217,20 @@ class AudioOnlyMiddleware:
                 return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head)
             return self._answer_again(environ, upstream_environ, upstream, source, selection, head, start_response,
                                       (key, plan))
-        if isinstance(plan, LazyPlan) and replanned is None and self._range_needs_whole_plan(environ, key, source,
-                                                                                              head):
-            # A Range on a streamed rendition: walk the body to its end (spans skipped, not read), keep the
-            # recorded plan, then answer from it over a second, identical call of the app.
-            stop_retaining(source)  # planning is over: nothing of the body needs to stay in memory
-            complete = self._record_to_end(plan, key)  # type: ignore[arg-type]
-            return self._answer_again(environ, upstream_environ, upstream, source, selection, head, start_response,
-                                      (key, complete))
-        return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head, stored_as,
-                          key)
+        try:
+            if isinstance(plan, LazyPlan) and replanned is None and self._range_needs_whole_plan(
+                    environ, key, source, head, validators):
+                # A Range on a streamed rendition: walk the body to its end (spans skipped, not read), keep the
+                # recorded plan, then answer from it over a second, identical call of the app.
+                stop_retaining(source)  # planning is over: nothing of the body needs to stay in memory
+                complete = self._record_to_end(plan, key)  # type: ignore[arg-type]
+                return self._answer_again(environ, upstream_environ, upstream, source, selection, head,
+                                          start_response, (key, complete))
+            return self._send(environ, start_response, upstream, source, plan, base_headers, validators, head,
+                              stored_as, key)
+        except BaseException:
+            source.close()  # a spooled copy is ours: an error answer (416...) must not leave it to the GC
+            raise
 
     def _first_pass_plan(self, container: Container, source: Source, selection: Selection, key: tuple | None,
                          replanned: tuple | None) -> Plan:
@@ -242,14 +255,17 @@ class AudioOnlyMiddleware:
         self.cache.put(key, plan)  # type: ignore[arg-type]
         return plan  # type: ignore[return-value]
 
-    def _range_needs_whole_plan(self, environ: dict, key: tuple | None, source: Source, head: bool) -> bool:
+    def _range_needs_whole_plan(self, environ: dict, key: tuple | None, source: Source, head: bool,
+                                validators: Validators) -> bool:
         """Whether a Range request met a lazy plan that can be completed first (see :meth:`_record_to_end`).
 
-        Only with a plan cache to keep it, and a known body length: a body that ends
-        early is then always found while walking (the spans themselves are not read).
+        Only for a Range that would be answered with a 206 (one byte range, If-Range
+        matching; any other gets the whole 200 anyway), with a plan cache to keep the
+        plan, and a known body length: a body that ends early is then always found
+        while walking (the spans themselves are not read).
         """
-        return (self.range_policy == "serve" and bool(environ.get("HTTP_RANGE")) and not head and key is not None
-                and bool(self.cache.max_entries) and source.size is not None)
+        return (self.range_policy == "serve" and not head and key is not None and bool(self.cache.max_entries)
+                and source.size is not None and range_honoured(environ, validators))
 
     def _record_to_end(self, plan: LazyPlan, key: tuple) -> Plan | None:
         """Consume ``plan`` without emitting it; cache and return the complete plan (None if too large)."""
@@ -313,7 +329,11 @@ class AudioOnlyMiddleware:
         except NeedsRandomAccess as reason:
             log.debug("random access needed for %s: %s", environ.get("PATH_INFO"), reason)
             source = self._random_access(source, upstream, upstream_environ, reason)
-            plan = plan_source(container, source, self.limits, selection)
+            try:
+                plan = plan_source(container, source, self.limits, selection)
+            except BaseException:
+                source.close()  # a spooled copy
+                raise
         if key is not None and isinstance(plan, Plan):
             self.cache.put(key, plan)
         return plan, source
@@ -490,6 +510,13 @@ class _ReadTwice(Exception):
     """Internal: random access is needed but cannot be had; plan from a first pass, send from a second."""
 
 
+class _PreconditionFailed(AudioExtractionError):
+    http_status = 412
+
+    def __init__(self) -> None:
+        super().__init__("If-Match or If-Unmodified-Since failed for the audio rendition")
+
+
 class _Unsatisfiable(AudioExtractionError):
     http_status = 416
 
@@ -527,6 +554,13 @@ def _seconds(raw: str | None, name: str | None) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise InvalidRequest(f"{name} must be a non-negative number of seconds, not {echo(raw)}")
     return value
+
+
+def _without_params(query: str, names: set[str]) -> str:
+    """``query`` without the fields named ``names``, every other byte kept as the client sent it
+    (re-encoding would change what an app reads raw or signs: ``%2f`` vs ``%2F``, ``;``, Latin-1)."""
+    kept = [field for field in query.split("&") if unquote_plus(field.partition("=")[0]) not in names]
+    return "&".join(kept)
 
 
 def _encoded(headers: Headers) -> bool:

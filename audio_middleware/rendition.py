@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from werkzeug.datastructures import Headers
+from werkzeug.datastructures import Headers, Range
 from werkzeug.http import (
-    is_resource_modified,
     parse_date,
+    parse_etags,
     parse_if_range_header,
     parse_range_header,
     quote_etag,
@@ -21,7 +21,7 @@ from werkzeug.http import (
 )
 
 #: Bumped whenever the bytes we produce for the same input change.
-OUTPUT_VERSION = "am1"
+OUTPUT_VERSION = "am2"
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,40 @@ def validators_for(headers: Headers, variant: tuple) -> Validators:
     return Validators(source, quote_etag(f"audio-{digest}", bool(weak)), last_modified)
 
 
+def precondition_failed(environ: dict, validators: Validators) -> bool:
+    """True when If-Match or If-Unmodified-Since fail for the rendition: a 412 (RFC 9110 13.2.2, steps 1-2).
+
+    If-Match compares strongly, so a weak rendition ETag never matches a listed one;
+    If-Unmodified-Since counts only without If-Match, and only when the rendition
+    has a modification date.
+    """
+    if_match = environ.get("HTTP_IF_MATCH")
+    if if_match:
+        etags = parse_etags(if_match)
+        if etags.star_tag:
+            return False  # the rendition exists
+        return not (validators.strong and etags.contains(unquote_etag(validators.etag)[0]))  # type: ignore[arg-type]
+    since = parse_date(environ.get("HTTP_IF_UNMODIFIED_SINCE"))
+    modified = parse_date(validators.last_modified)
+    return since is not None and modified is not None and modified > since
+
+
 def not_modified(environ: dict, validators: Validators) -> bool:
-    """True when If-None-Match / If-Modified-Since say the client's copy is current."""
-    if not (environ.get("HTTP_IF_NONE_MATCH") or environ.get("HTTP_IF_MODIFIED_SINCE")):
-        return False
-    if validators.etag is None and validators.last_modified is None:
-        return False
-    return not is_resource_modified(environ, etag=validators.etag and unquote_etag(validators.etag)[0],
-                                    last_modified=validators.last_modified)
+    """True when If-None-Match, or without it If-Modified-Since, say the client's copy is current
+    (RFC 9110 13.2.2, steps 3-4: a 304 for GET and HEAD).
+
+    If-None-Match compares weakly; when it is sent, If-Modified-Since is ignored, even
+    if the rendition has no ETag to compare with (RFC 9110 13.1.3).
+    """
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match:
+        etags = parse_etags(if_none_match)
+        if etags.star_tag:
+            return True  # the rendition exists
+        return validators.etag is not None and etags.contains_weak(unquote_etag(validators.etag)[0])
+    since = parse_date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+    modified = parse_date(validators.last_modified)
+    return since is not None and modified is not None and modified <= since
 
 
 def if_range_allows(environ: dict, validators: Validators) -> bool:
@@ -95,13 +121,26 @@ def answer_range(environ: dict, length: int, validators: Validators) -> RangeAns
     Several ranges, other units, a malformed header or a stale If-Range get the
     full body (RFC 9110 allows ignoring Range).
     """
-    header = environ.get("HTTP_RANGE")
-    if not header or not if_range_allows(environ, validators):
-        return RangeAnswer()
-    parsed = parse_range_header(header)
-    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+    parsed = _honoured_range(environ, validators)
+    if parsed is None:
         return RangeAnswer()
     found = parsed.range_for_length(length)
     if found is None:
         return RangeAnswer(satisfiable=False)
     return RangeAnswer(found[0], found[1], partial=True)
+
+
+def range_honoured(environ: dict, validators: Validators) -> bool:
+    """Whether the request's Range gets a 206 or a 416 (not the whole body), before the length is known."""
+    return _honoured_range(environ, validators) is not None
+
+
+def _honoured_range(environ: dict, validators: Validators) -> Range | None:
+    """The request's Range when it is one byte range and If-Range allows it; else None (the whole body)."""
+    header = environ.get("HTTP_RANGE")
+    if not header or not if_range_allows(environ, validators):
+        return None
+    parsed = parse_range_header(header)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        return None
+    return parsed

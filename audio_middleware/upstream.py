@@ -16,7 +16,7 @@ from typing import IO, Any
 from werkzeug.datastructures import Headers
 from werkzeug.wsgi import FileWrapper
 
-from .body import ClosingBody
+from .body import ClosingBody, ClosingFile
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -35,9 +35,30 @@ class Upstream:
         self.exc_info: Any = None
         self._written: IO[bytes] | None = None
         self._closed = False
+        self._started = False
+        self._early: list[bytes] = []
         self.app_iter: Iterable[bytes] = app(environ, self._start_response)
+        if not self._started:
+            self._pull_until_started()
+
+    def _pull_until_started(self) -> None:
+        """PEP 3333 lets an app call ``start_response`` only when its iterable is first iterated (a
+        generator app does): pull its first items until it has, keeping them for :meth:`chunks`
+        (as ``werkzeug.test.run_wsgi_app`` does)."""
+        try:
+            items = iter(self.app_iter)
+            while not self._started:
+                item = next(items, None)
+                if item is None:
+                    break  # the app ended without a status: the placeholder 500 stands
+                self._early.append(item)
+        except BaseException:
+            self.close()
+            raise
+        self.app_iter = _Resumed(items, self.app_iter)
 
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+        self._started = True
         self.status = status
         self.headers = Headers(headers)
         self.exc_info = exc_info
@@ -73,6 +94,7 @@ class Upstream:
             self._written.seek(0)
             while block := self._written.read(256 * 1024):
                 yield block
+        yield from self._early
         # Not ``yield from``: that would forward this generator's close() to the app's
         # iterable, and close() must reach the app exactly once, through close() below.
         for chunk in self.app_iter:  # noqa: UP028
@@ -92,17 +114,39 @@ class Upstream:
                 close()
 
     def pass_through(self, start_response: Callable, server_file_wrapper: Callable | None,
-                     body: Iterable[bytes] | None = None) -> Iterable[bytes]:
-        """Send the response as the app made it.
+                     body: Iterable[bytes] | None = None, *, head: bool = False) -> Iterable[bytes]:
+        """Send the response as the app made it (for ``head``, its status and headers alone: the
+        app was called with GET).
 
         A captured file goes back to the server's own file wrapper (so sendfile
         still works); ``body`` replaces the iterable when its first bytes were
         already read for sniffing.
         """
         start_response(self.status, self.headers.to_wsgi_list(), self.exc_info)
+        if head:
+            self.close()
+            return []
         served = self.served_file
         if body is None and served is not None and server_file_wrapper is not None:
-            return server_file_wrapper(served.file, served.buffer_size)
-        if body is None and self._written is None:
+            # the server's own wrapper (sendfile); closing it closes the app's iterable, as PEP 3333 asks
+            return server_file_wrapper(ClosingFile(served.file, self.close), served.buffer_size)
+        if body is None and self._written is None and not self._early:
             return self.app_iter
         return ClosingBody(body if body is not None else self.chunks(), self.close)
+
+
+class _Resumed:
+    """The rest of an app's iterable after its first items were pulled: iterates ``items``,
+    closes (and otherwise looks like) the app's own iterable."""
+
+    def __init__(self, items: Iterator[bytes], app_iter: Iterable[bytes]) -> None:
+        self._items = items
+        self._app_iter = app_iter
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._items
+
+    def close(self) -> None:
+        close = getattr(self._app_iter, "close", None)
+        if close is not None:
+            close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import itertools
 import pathlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from werkzeug.http import parse_range_header
 from werkzeug.utils import send_file
@@ -172,6 +172,24 @@ class StaticApp(TrackingApp):
     def serve(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         start_response(self.status, self.fixed_headers)
         return TrackedBody(iter([self.payload]), self)
+
+
+class LateStartApp(TrackingApp):
+    """PEP 3333's own ``AppClass``: ``start_response`` is called only when the body is first
+    iterated (as any generator app does)."""
+
+    def __init__(self, *args, status: str = "200 OK", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.status = status
+
+    def serve(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def body() -> Iterator[bytes]:
+            data = self.path.read_bytes()
+            start_response(self.status, self.headers(len(data)))
+            yield data[:1000]
+            yield data[1000:]
+
+        return TrackedBody(body(), self)
 
 
 class RecordingSource(FileSource):

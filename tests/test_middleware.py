@@ -434,6 +434,80 @@ def test_conditional_requests_get_304(mp4_client):
     assert upstream.closes == upstream.bodies
 
 
+def test_if_match_and_if_unmodified_since_get_412_in_rfc_9110_order(mp4_client):
+    """RFC 9110 13.2.2: If-Match (strong), else If-Unmodified-Since, decide 412 before
+    If-None-Match / If-Modified-Since decide 304; the app never sees them (they name the video)."""
+    upstream, client = mp4_client
+    full = client.get("/v.mp4?ali_audio_only=1")
+    etag, modified = full.headers["ETag"], full.headers["Last-Modified"]
+    before, after = "Sat, 01 Jan 2000 00:00:00 GMT", "Fri, 01 Jan 2100 00:00:00 GMT"
+    cases = [
+        ({"If-Match": '"nope"'}, 412),
+        ({"If-Match": '"nope"', "Range": "bytes=100-"}, 412),
+        ({"If-Match": f"W/{etag}"}, 412),  # strong comparison: a weak tag never matches
+        ({"If-Match": etag}, 200),
+        ({"If-Match": f'"x", {etag}'}, 200),
+        ({"If-Match": "*"}, 200),
+        ({"If-Match": etag, "If-Unmodified-Since": before}, 200),  # If-Match wins
+        ({"If-Unmodified-Since": before}, 412),
+        ({"If-Unmodified-Since": modified}, 200),
+        ({"If-Unmodified-Since": after}, 200),
+        ({"If-Modified-Since": before, "If-Match": '"nope"'}, 412),
+        ({"If-None-Match": '"other"', "If-Match": '"nope"'}, 412),
+        ({"If-None-Match": etag, "If-Match": etag}, 304),
+        ({"If-None-Match": etag, "If-Unmodified-Since": after}, 304),
+        ({"If-None-Match": f"W/{etag}"}, 304),  # weak comparison
+        ({"If-None-Match": "*"}, 304),
+        ({"If-None-Match": '"other"', "If-Modified-Since": after}, 200),  # If-Modified-Since ignored
+    ]
+    for headers, status in cases:
+        response = client.get("/v.mp4?ali_audio_only=1", headers=headers, status="*")
+        assert response.status_int == status, headers
+        if status == 200:
+            assert response.body == full.body
+        if status == 412:
+            assert response.headers["Content-Type"].startswith("text/plain")
+    assert not any("HTTP_IF_MATCH" in env or "HTTP_IF_UNMODIFIED_SINCE" in env for env in upstream.environs)
+    assert upstream.closes == upstream.bodies
+
+
+def test_if_none_match_without_a_rendition_etag_is_never_a_304(media):
+    """No validator to compare with: If-None-Match fails, and If-Modified-Since is ignored (RFC 9110 13.1.3)."""
+    upstream = GeneratorApp(media("mp4_faststart"), etag=None, send_length=False)  # no ETag can be derived
+    client = TestApp(AudioOnlyMiddleware(upstream))
+    modified = client.get("/v.mp4?ali_audio_only=1").headers["Last-Modified"]
+    client.get("/v.mp4?ali_audio_only=1", headers={"If-Modified-Since": modified}, status=304)
+    client.get("/v.mp4?ali_audio_only=1", headers={"If-None-Match": '"x"', "If-Modified-Since": modified},
+               status=200)
+
+
+@pytest.mark.parametrize("headers", [{"Range": "bytes=0-1,5-6"}, {"Range": "bytes=0-1", "If-Range": '"stale"'},
+                                     {"Range": "items=0-1"}])
+def test_a_range_that_gets_the_whole_body_reads_a_stream_once(media, headers):
+    """Only a Range answered with a 206 makes a streamed FLV walk its body first and call the app again."""
+    upstream = GeneratorApp(media("flv_aac"), "video/x-flv")
+    client = TestApp(AudioOnlyMiddleware(upstream))
+    response = client.get("/v.flv?ali_audio_only=1", headers=headers, status=200)
+    assert upstream.bodies == 1 and upstream.bytes_sent == media("flv_aac").stat().st_size
+    media_toolkit.assert_audio_identical(media("flv_aac"), response.body)
+    control = GeneratorApp(media("flv_aac"), "video/x-flv")
+    TestApp(AudioOnlyMiddleware(control)).get("/v.flv?ali_audio_only=1", headers={"Range": "bytes=0-1"}, status=206)
+    assert control.bodies == 2  # a 206: walked to its end, then answered from a second call
+
+
+@pytest.mark.parametrize("kind", FLV_KINDS + ["mp4_faststart", "mp4_moov_end", "mp4_fragmented"])
+def test_one_etag_one_rendition_whatever_the_source_kind(media, kind):
+    """The same video served from a file, a stream or a Range-capable app: the same ETag, the same bytes
+    (a resumed download with If-Range may join two of them)."""
+    path = media(kind)
+    answers = {}
+    for source in ("file", "generator", "range"):
+        _, client = serve(path, source)
+        response = client.get("/v?ali_audio_only=1")
+        answers[source] = (response.headers["ETag"], response.body)
+    assert len(set(answers.values())) == 1, {source: len(body) for source, (_, body) in answers.items()}
+
+
 def test_if_range(mp4_client):
     _, client = mp4_client
     full = client.get("/v.mp4?ali_audio_only=1")

@@ -54,9 +54,10 @@ Behaviours decided here (and tested):
   states a duration. No audio frame in the window: :class:`RangeNotSatisfiable`
   (416); ``end <= start``: :class:`InvalidRequest` (400). A NaN or infinite
   bound is a ``ValueError`` (the middleware refuses those first).
-- ``filesize`` (any spelling, e.g. OBS's ``fileSize``) is the exact output
-  length in index mode (added if absent, kept in place if present), removed
-  in lazy mode, where it is unknown.
+- ``filesize`` (any spelling, e.g. OBS's ``fileSize``) is removed, in both
+  modes: lazy mode cannot know the output length, and a rendition's bytes must
+  not depend on how the app served the video (one strong ETag, one byte
+  sequence: a resumed download may join a file-backed and a streamed answer).
 
 ``plan.info``: ``container`` ("flv"), ``audio_codec`` (from the first audio
 tag's SoundFormat, see :data:`.tags.SOUND_FORMATS`: "aac", "mp3", "adpcm",
@@ -192,23 +193,18 @@ _NO_VALUE = _NoValue()
 
 @dataclass
 class Metadata:
-    """A decoded and cleaned onMetaData body, ready to be encoded with the final filesize."""
+    """A decoded and cleaned onMetaData body, ready to be encoded."""
 
     name: object
     value: object
     rest: bytes
     duration: float | None
 
-    def encode(self, filesize: int | None) -> bytes:
-        """The script body. ``filesize`` (any spelling) set as a number (always 9 bytes) or, when None, removed."""
+    def encode(self) -> bytes:
+        """The script body, without ``filesize`` (any spelling: OBS writes ``fileSize``)."""
         value = self.value
         if isinstance(value, dict):
-            value = type(value)(value)
-            spellings = [key for key in value if key.lower() == "filesize"]  # OBS writes "fileSize"
-            if filesize is not None:
-                value[spellings.pop(0) if spellings else "filesize"] = float(filesize)
-            for key in spellings:
-                del value[key]
+            value = type(value)((key, item) for key, item in value.items() if key.lower() != "filesize")
         encoded = b"" if value is _NO_VALUE else amf.encode_value(value)
         return amf.encode_value(self.name) + encoded + self.rest
 
@@ -218,7 +214,7 @@ def rewrite_metadata(body: bytes, limits: Limits, window: Window) -> Metadata:
 
     ``hasVideo`` becomes false; video-only keys (:data:`VIDEO_KEYS`, any key
     starting with ``video``/``keyframe``/``canSeekToEnd``) and ``datasize``
-    are removed; ``filesize`` is left for :meth:`Metadata.encode`; when
+    are removed (``filesize`` by :meth:`Metadata.encode`); when
     seeking, ``duration`` is clipped. Everything else is kept, in order, and
     bytes after the metadata value are kept verbatim. A value that is not an
     object (a strict array...) is kept unchanged.
@@ -238,9 +234,9 @@ def rewrite_metadata(body: bytes, limits: Limits, window: Window) -> Metadata:
     return Metadata(name, value, body[pos:], duration)
 
 
-def _metadata_tag(head: bytes, meta: Metadata, filesize: int | None) -> bytes:
+def _metadata_tag(head: bytes, meta: Metadata) -> bytes:
     """A complete script tag for ``meta``: same type byte, timestamp and stream id; new sizes."""
-    body = meta.encode(filesize)
+    body = meta.encode()
     if len(body) > 0xFFFFFF:
         raise LimitExceeded("rewritten onMetaData does not fit an FLV tag")
     word = (head[0] << 24) | len(body)
@@ -391,7 +387,8 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
     header = _read_file_header(source)
     out = _Pieces()
     out.add(Literal(header.audio_only()))
-    metadata: list[tuple[int, bytes, Metadata]] = []  # (index in pieces, tag head, decoded body)
+    meta_duration: float | None = None  # the first onMetaData's
+    seen_metadata = False
     info: dict = {"container": "flv", "audio_codec": None, "duration": None, "tracks": []}
     windowed, start_ms, end_ms = window.active, window.start_ms, window.end_ms
     seen_audio = False
@@ -423,19 +420,15 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
             if size >= len(METADATA_PREFIX) and not kind & FILTER_BIT and _is_metadata(source, pos):
                 tag = _read_script(source, pos, size, limits)
                 meta = rewrite_metadata(tag[TAG_HEADER_SIZE:], limits, window)
-                out.flush()
-                metadata.append((len(out.pieces), tag[:TAG_HEADER_SIZE], meta))
-                out.add(Literal(_metadata_tag(tag, meta, 0)))
+                if not seen_metadata:
+                    seen_metadata, meta_duration = True, meta.duration
+                out.add(Literal(_metadata_tag(tag, meta)))
             # other script tags (onCuePoint, onTextData captions...) describe the video: dropped
     if not frames:
         raise _no_audio(window, seen_audio)
     out.flush()
-    pieces = out.pieces
-    total = sum(piece.length for piece in pieces)
-    for slot, head, meta in metadata:
-        pieces[slot] = Literal(_metadata_tag(head, meta, total))
-    _set_duration(info, metadata[0][2].duration if metadata else None, last_ts, window)
-    return Plan(tuple(coalesce(pieces)), CONTENT_TYPE, info)
+    _set_duration(info, meta_duration, last_ts, window)
+    return Plan(tuple(coalesce(out.pieces)), CONTENT_TYPE, info)
 
 
 def _set_duration(info: dict, meta_duration: float | None, last_ts: int | None, window: Window) -> None:
@@ -492,7 +485,7 @@ class _Probe:
         if not kind & FILTER_BIT and body.startswith(METADATA_PREFIX):
             meta = rewrite_metadata(body, self.limits, self.window)
             self.info.setdefault("duration", meta.duration or None)  # live writers store 0
-            self.hold(_metadata_tag(tag, meta, None))
+            self.hold(_metadata_tag(tag, meta))
         # other script tags (onCuePoint, onTextData captions...) describe the video: dropped
 
     def audio(self, pos: int, size: int, ts: int, peek: bytes) -> bool:
@@ -577,4 +570,4 @@ def _stream_script(source: Source, limits: Limits, window: Window, pos: int, siz
     prefix = source.read(pos, TAG_HEADER_SIZE + len(METADATA_PREFIX))
     if not kind & FILTER_BIT and prefix[TAG_HEADER_SIZE:] == METADATA_PREFIX:
         tag = _read_script(source, pos, size, limits)
-        yield Literal(_metadata_tag(tag, rewrite_metadata(tag[TAG_HEADER_SIZE:], limits, window), None))
+        yield Literal(_metadata_tag(tag, rewrite_metadata(tag[TAG_HEADER_SIZE:], limits, window)))

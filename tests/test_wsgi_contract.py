@@ -1,0 +1,91 @@
+"""PEP 3333 corners of the middleware: apps that start their response late, HEAD on an answer
+passed through, close() of a file handed back to the server, the query string the app sees,
+and error answers that must not leave a spooled copy open.
+"""
+
+from __future__ import annotations
+
+import pytest
+from werkzeug.wsgi import FileWrapper
+
+import audio_middleware.middleware as middleware_module
+from audio_middleware import AudioOnlyMiddleware
+
+from .apps import FileApp, GeneratorApp, LateStartApp, StaticApp, call
+from .conftest import media_toolkit
+
+TYPES = {".mp4": "video/mp4", ".flv": "video/x-flv"}
+
+
+@pytest.mark.parametrize("kind", ["mp4_faststart", "mp4_moov_end", "flv_aac"])
+def test_an_app_that_starts_its_response_while_iterated_is_transformed(media, kind):
+    path = media(kind)
+    upstream = LateStartApp(path, TYPES[path.suffix])
+    status, headers, body = call(AudioOnlyMiddleware(upstream))
+    assert status == "200 OK" and int(dict(headers).get("Content-Length", len(body))) == len(body)
+    media_toolkit.assert_audio_identical(path, body)
+    assert upstream.closes == upstream.bodies
+
+
+def test_an_app_that_starts_its_response_while_iterated_passes_through_intact(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_bytes(b"<html>" + b"x" * 3000 + b"</html>")
+    upstream = LateStartApp(page, "text/html", status="404 Not Found")
+    status, headers, body = call(AudioOnlyMiddleware(upstream))
+    assert status == "404 Not Found" and body == page.read_bytes()
+    assert dict(headers)["Content-Type"] == "text/html" and upstream.closes == 1
+
+
+@pytest.mark.parametrize("upstream", [
+    StaticApp("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "5")], b"nope\n"),
+    StaticApp("200 OK", [("Content-Type", "text/html"), ("Content-Length", "6")], b"<html>"),
+    StaticApp("200 OK", [("Content-Type", "application/octet-stream")], b"no container in here"),
+], ids=["404", "html", "unknown bytes"])
+def test_head_of_an_answer_passed_through_has_no_body(upstream):
+    """The app is always called with GET: its body must not follow the headers of a HEAD."""
+    status, headers, body = call(AudioOnlyMiddleware(upstream), method="HEAD")
+    assert status == upstream.status and body == b"" and upstream.closes == 1
+    assert headers == upstream.fixed_headers
+
+
+def test_a_file_passed_through_to_the_servers_wrapper_closes_the_apps_iterable(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"not a video\n" * 50)
+    for query in ("", "ali_audio_only=1"):
+        upstream = FileApp(notes, "text/plain")
+        status, _, body = call(AudioOnlyMiddleware(upstream), query=query, **{"wsgi.file_wrapper": FileWrapper})
+        assert status == "200 OK" and body == notes.read_bytes()
+        assert upstream.closes == 1, query
+
+
+@pytest.mark.parametrize("raw", ["path=/media/a.mp4&download", "name=caf%E9.mp4", "sig=AbC%2f%2b%3d",
+                                 "q=a%20b(1)", "a=1;b=2", "a=1&&b=+x+"])
+def test_the_app_sees_the_rest_of_the_query_string_byte_for_byte(media, raw):
+    upstream = GeneratorApp(media("mp4_faststart"))
+    for query in (f"ali_audio_only=1&{raw}", f"{raw}&ali_audio_only=1&audio_track=1",
+                  f"{raw}&start=&ali%5Faudio_only=1"):
+        assert call(AudioOnlyMiddleware(upstream), query=query)[0] == "200 OK"
+        assert upstream.environs[-1]["QUERY_STRING"] == raw, query
+
+
+@pytest.mark.parametrize("request_environ, status", [
+    ({"HTTP_RANGE": "bytes=999999999-"}, "416"),
+    ({"HTTP_RANGE": "bytes=0-1"}, "416"),  # range_policy="reject"
+    ({"QUERY_STRING": "ali_audio_only=1&audio_track=9"}, "404"),
+    ({"QUERY_STRING": "ali_audio_only=1&start=99"}, "416"),
+])
+def test_an_error_answer_closes_the_spooled_copy(media, monkeypatch, request_environ, status):
+    spooled = []
+
+    def spool(*args, **kwargs):
+        spooled.append(real_spool(*args, **kwargs))
+        return spooled[-1]
+
+    real_spool = middleware_module.spool
+    monkeypatch.setattr(middleware_module, "spool", spool)
+    policy = "reject" if request_environ.get("HTTP_RANGE") == "bytes=0-1" else "serve"
+    upstream = GeneratorApp(media("mp4_moov_end"))  # forward-only with the moov at the end: spooled
+    middleware = AudioOnlyMiddleware(upstream, range_policy=policy, range_subrequests=False)
+    assert call(middleware, **request_environ)[0].startswith(status)
+    [source] = spooled
+    assert source._file.closed and upstream.closes == upstream.bodies
