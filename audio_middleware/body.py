@@ -13,6 +13,7 @@ with ``sendfile`` instead of our reading it block by block, where that is safe
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
@@ -143,8 +144,27 @@ def sendfile_region(environ: dict, file: IO[bytes], start: int, length: int, *cl
     """The region as a file object for ``environ``'s server: with ``fileno()`` (so ``sendfile``) when it
     is the ``whole`` file, which every server sends right, or when the server is known to honour the
     file's position and Content-Length (gunicorn 21 or later); else bounded reads."""
-    kind = SendfileRegion if whole or _honours_position(environ) else FileRegion
-    return kind(file, start, length, *closers)
+    sendfile = (whole or _honours_position(environ)) and _descriptor_at(file, start)
+    return (SendfileRegion if sendfile else FileRegion)(file, start, length, *closers)
+
+
+def _descriptor_at(file: IO[bytes], start: int) -> bool:
+    """Position ``file`` at ``start`` so that its descriptor's offset is ``start`` too; False if it cannot be.
+
+    ``sendfile`` starts at the descriptor's offset, and a buffered file's ``seek`` inside the
+    bytes it read ahead moves only the buffer's pointer (an app that read the file's first
+    bytes before returning it leaves the descriptor thousands of bytes further): seeking
+    from the end first always drops the buffer and moves the descriptor.
+    """
+    try:
+        fd = file.fileno()
+        file.seek(start)
+        if os.lseek(fd, 0, os.SEEK_CUR) != start:
+            file.seek(0, os.SEEK_END)
+            file.seek(start)
+        return os.lseek(fd, 0, os.SEEK_CUR) == start
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _honours_position(environ: dict) -> bool:

@@ -53,7 +53,15 @@ from .rendition import (
 )
 from .renditions import Hit, RenditionStore
 from .sniff import Container, by_content_type, by_signature
-from .sources import FileSource, RangeSource, SequentialSource, Source, spool, stop_retaining
+from .sources import (
+    FileSource,
+    RangeSource,
+    SequentialSource,
+    Source,
+    positioned_reads,
+    spool,
+    stop_retaining,
+)
 from .upstream import CaptureFileWrapper, Upstream
 
 log = logging.getLogger("audio_middleware")
@@ -296,7 +304,7 @@ class AudioOnlyMiddleware:
 
     def _initial_source(self, upstream: Upstream) -> Source:
         served = upstream.served_file
-        if served is not None:
+        if served is not None and positioned_reads(served.file):
             start = _tell(served.file)
             return FileSource(served.file, start=start, size=upstream.content_length)
         return SequentialSource(upstream.chunks(), upstream.content_length, retain=True)

@@ -24,7 +24,8 @@ complete plan. For a key the store holds:
 
 - ``<h>-<length>.audio``: the rendition, ``h`` being the first 40 hex digits of
   SHA-256 of the tag;
-- ``<h>.json``: the tag, length and Content-Type, so that a request finds its
+- ``<h>.json``: the tag's whole SHA-256, length and Content-Type (a few hundred
+  bytes, whatever the URL's length), so that a request finds its
   rendition from the tag alone (no plan needed: a fresh worker, or a plan that
   left the plan cache, still gets a hit).
 
@@ -112,7 +113,7 @@ class RenditionStore:
     def __init__(self, directory: str | os.PathLike, max_bytes: int = GiB) -> None:
         self.directory = pathlib.Path(directory)
         self.max_bytes = int(max_bytes)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: Fill.__del__, run by the GC anywhere, takes it
         self._filling: set[Key] = set()
         self._background: set[threading.Thread] = set()
         self._last_warning = float("-inf")
@@ -128,7 +129,7 @@ class RenditionStore:
 
     @staticmethod
     def _stem(tag: str) -> str:
-        return hashlib.sha256(f"{FORMAT}\n{tag}".encode("utf-8", "surrogateescape")).hexdigest()[:_STEM]
+        return _digest(tag)[:_STEM]
 
     def path_for(self, key: Key) -> pathlib.Path:
         """Where the rendition of ``key`` lives (whether or not it is there)."""
@@ -167,7 +168,7 @@ class RenditionStore:
             with open(self._index_path(tag), "rb") as index:
                 meta = json.loads(index.read(_INDEX_MAX))
             length, content_type = meta["length"], meta["content_type"]
-            if meta["tag"] != tag or not isinstance(length, int) or not isinstance(content_type, str):
+            if meta["digest"] != _digest(tag) or not isinstance(length, int) or not isinstance(content_type, str):
                 raise ValueError("index does not describe this tag")
             path = self.path_for((tag, length))
             file = open(path, "rb")  # handed to the caller, who closes it
@@ -283,7 +284,8 @@ class RenditionStore:
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as index:
-                index.write(json.dumps({"tag": tag, "length": length, "content_type": fill.content_type}).encode())
+                index.write(json.dumps({"digest": _digest(tag), "length": length,
+                                        "content_type": fill.content_type}).encode())
             os.replace(temp, self._index_path(tag))
         except BaseException:
             _unlink(temp)
@@ -499,6 +501,11 @@ class _Tee:
                 close()
         finally:
             self._fill.abort()
+
+
+def _digest(tag: str) -> str:
+    """SHA-256 of the tag (and the store's format), in hex: names and identifies a rendition."""
+    return hashlib.sha256(f"{FORMAT}\n{tag}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _unlink(path: str | os.PathLike) -> None:

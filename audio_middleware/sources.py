@@ -14,6 +14,7 @@ Two families, one interface (:class:`Source`):
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -312,6 +313,24 @@ class FileSource:
     def close(self) -> None:
         if self._owned:
             self._file.close()
+
+
+def positioned_reads(fileobj: object) -> bool:
+    """Whether a file object an app serves can be a :class:`FileSource`: a regular file (a pipe or a
+    socket, such as a subprocess's stdout, has a descriptor but no positions), or an object with
+    no descriptor that does not say it cannot seek."""
+    try:
+        fd = fileobj.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        seekable = getattr(fileobj, "seekable", None)
+        try:
+            return bool(seekable()) if seekable is not None else True
+        except (OSError, ValueError):
+            return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except (OSError, TypeError):
+        return False
 
 
 def _gather(pread: Callable, fd: int | None, start: int, offsets: Iterable[int], lengths: Iterable[int],

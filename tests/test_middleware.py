@@ -374,6 +374,40 @@ def test_a_range_inside_one_large_span_goes_to_the_servers_file_wrapper(media, s
     assert RecordingWrapper.given == [] and app.closes == app.bodies
 
 
+class SendfileFromDescriptorWrapper(RecordingWrapper):
+    """gunicorn 21+: ``sendfile`` from the descriptor's offset (``lseek``, not the Python file's position)."""
+
+    count = 0  # the response's Content-Length, which gunicorn sends
+
+    def __iter__(self):
+        fd = self.filelike.fileno()
+        return iter([os.pread(fd, self.count, os.lseek(fd, 0, os.SEEK_CUR))])
+
+
+def test_a_sendfile_region_starts_at_the_descriptors_offset_when_the_app_read_the_file_first(media):
+    """A buffered file the app read from (a type check) has its descriptor past the read-ahead: seeking
+    inside the buffer does not move it, and gunicorn sends from the descriptor."""
+    path = media("m4a_audio_only")
+    size = path.stat().st_size
+
+    def sniffing_app(environ, start_response):
+        file = open(path, "rb")
+        file.read(16)
+        file.seek(0)
+        start_response("200 OK", [("Content-Type", "video/mp4"), ("Content-Length", str(size))])
+        return environ["wsgi.file_wrapper"](file)
+
+    middleware = AudioOnlyMiddleware(sniffing_app, block_size=4096)
+    whole = call(middleware)[2]
+    for header, expected in (("bytes=-10000", whole[-10000:]), ("bytes=2000-30000", whole[2000:30001])):
+        RecordingWrapper.given = []
+        SendfileFromDescriptorWrapper.count = len(expected)
+        environ = {"wsgi.file_wrapper": SendfileFromDescriptorWrapper, "SERVER_SOFTWARE": "gunicorn/27.0.1"}
+        status, _, part = call(middleware, HTTP_RANGE=header, **environ)
+        [region] = RecordingWrapper.given
+        assert status.startswith("206") and hasattr(region, "fileno") and part == expected, header
+
+
 def test_every_range_split_reassembles_the_body(media):
     for source in ("file", "generator", "range"):
         _, client = serve(media("mp4_faststart"), source)

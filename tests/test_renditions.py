@@ -670,6 +670,35 @@ def test_a_failing_rename_leaves_no_file(media, tmp_path, monkeypatch):
 # -- the store on its own ----------------------------------------------------------------------------------
 
 
+def test_a_long_url_is_stored_and_found_like_a_short_one(media, tmp_path):
+    """The index names the tag by its digest: a signed URL's query of 8 KB gets hits like any other."""
+    path = media("mp4_faststart")
+    for length in (10, 8000):
+        store = tmp_path / str(length)
+        middleware = AudioOnlyMiddleware(FileApp(path), rendition_cache=store)
+        query = "ali_audio_only=1&token=" + "%C3%A9" * (length // 6)
+        bodies = {call(middleware, query=query)[2] for _ in range(3)}
+        assert len(bodies) == 1 and (middleware.renditions.fills, middleware.renditions.hits) == (1, 2), length
+        [index] = indexes(store)
+        assert (store / index).stat().st_size < 300
+
+
+def test_a_fill_dropped_while_its_store_lock_is_held_does_not_deadlock(tmp_path):
+    """Fill.__del__ (run by the garbage collector wherever it is) releases its key under the store's lock."""
+    store = RenditionStore(tmp_path)
+    fills = [store.filler(('"t"', 10), "audio/mp4")]
+
+    def drop_under_the_lock():
+        with store._lock:
+            fills.clear()  # the last reference: __del__ runs here
+
+    thread = threading.Thread(target=drop_under_the_lock, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and listing(tmp_path) == []
+    assert store.filler(('"t"', 10), "audio/mp4") is not None  # the key was released
+
+
 def test_store_lookup_checks_the_length_and_touches(tmp_path):
     store = RenditionStore(tmp_path)
     key = ('"e" host/p?', 5)

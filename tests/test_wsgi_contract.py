@@ -5,6 +5,10 @@ and error answers that must not leave a spooled copy open.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+
 import pytest
 from werkzeug.wsgi import FileWrapper
 
@@ -89,3 +93,28 @@ def test_an_error_answer_closes_the_spooled_copy(media, monkeypatch, request_env
     assert call(middleware, **request_environ)[0].startswith(status)
     [source] = spooled
     assert source._file.closed and upstream.closes == upstream.bodies
+
+
+def test_a_pipe_served_through_the_file_wrapper_is_read_as_a_stream(media):
+    """A subprocess's stdout has a descriptor but no positions: no positioned reads on it."""
+    path = media("mp4_faststart")
+
+    def piping_app(environ, start_response):
+        reader, writer = os.pipe()
+        feeder = threading.Thread(target=_feed, args=(writer, path.read_bytes()), daemon=True)
+        feeder.start()
+        start_response("200 OK", [("Content-Type", "video/mp4"), ("Content-Length", str(path.stat().st_size)),
+                                  ("ETag", '"p1"')])
+        return environ["wsgi.file_wrapper"](os.fdopen(reader, "rb"), 4096)
+
+    middleware = AudioOnlyMiddleware(piping_app)
+    assert call(middleware, query="", **{"wsgi.file_wrapper": FileWrapper})[2] == path.read_bytes()
+    status, _, body = call(middleware, **{"wsgi.file_wrapper": FileWrapper})
+    assert status == "200 OK"
+    media_toolkit.assert_audio_identical(path, body)
+
+
+def _feed(fd: int, data: bytes) -> None:
+    with os.fdopen(fd, "wb") as pipe:
+        with contextlib.suppress(BrokenPipeError):
+            pipe.write(data)
