@@ -26,6 +26,9 @@ class Limits:
     max_box_depth: int = 32
     #: Largest ``moof`` box of a fragmented MP4.
     max_moof_size: int = 16 * MiB
+    #: Largest number of boxes inside one ``moov`` (a real one holds tens per track): every box costs
+    #: some microseconds of Python on each pass, so a moov of tiny boxes must not pass for a small file.
+    max_moov_boxes: int = 50_000
     #: Number of top-level boxes looked at before giving up on finding ``moov``.
     max_top_level_boxes: int = 100_000
     #: Largest FLV script-data (onMetaData) tag parsed.

@@ -1474,3 +1474,74 @@ def test_an_audio_track_without_samples_is_404_not_an_empty_success(tmp_path):
     path.write_bytes(Movie(chunks=0).build())
     response = TestApp(AudioOnlyMiddleware(FileApp(path))).get("/v.mp4?ali_audio_only=1", status=404)
     assert "no samples" in response.text
+
+
+# -- found by review (each failed before its fix) ------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [2**63 - 8, 2**64 - 16])
+def test_a_co64_offset_no_file_reaches_is_refused(offset):
+    """As int64 the offset wraps: offset + size passed the end-of-file check (200, then an aborted body)."""
+    movie = Movie(chunks=4, per_chunk=2, sample_size=4)
+    movie.stbl = {b"stco": lambda default, real: stco([offset, *real[1:]], wide=True)}
+    data = movie.build()
+    assert_refused(data, match="co64")
+    with pytest.raises(MalformedMedia, match="co64"):  # the clip path too (it packed the offsets: OverflowError)
+        plan_source(Container.MP4, FileSource(io.BytesIO(data)), Limits(), Selection(start=0.0002))
+
+
+def test_overlapping_chunks_with_an_empty_chunk_between_them_are_refused():
+    movie = Movie(chunks=4, per_chunk=2, sample_size=1000)
+    movie.stbl = {b"stsc": stsc([(1, 2, 1), (2, 0, 1), (3, 2, 1)]),
+                  b"stco": lambda default, real: stco([real[0], real[0] + 2, real[0] + 4, real[3]])}
+    assert_refused(movie.build(), match="overlap")
+
+
+def test_a_fragment_run_past_the_end_of_the_file_is_refused_when_it_is_not_the_last_run():
+    head = ftyp() + Movie(chunks=0, video=False, mvex=True).moov([], [])
+
+    def moof(first, second):
+        traf = box(b"traf", tfhd(1), trun([1_000_000_000], first), trun([], second))
+        return box(b"moof", full_box(b"mfhd", struct.pack(">I", 1)), traf)
+
+    size = len(moof(0, 0))
+    data = head + moof(size + 8, size + 9) + box(b"mdat", bytes(range(1, 65)))
+    assert_refused(data, match="past the end", sources=("file",), middleware=("file",))
+
+
+def test_clipped_durations_that_need_more_than_64_bits_are_refused():
+    movie = Movie(chunks=4, per_chunk=2, sample_size=4, movie_header=mvhd(timescale=0xFFFFFFFF),
+                  audio_mdhd=mdhd(timescale=1))
+    movie.stbl = {b"stts": stts([(8, 0xFFFFFFFF)])}
+    data = movie.build()
+    assert_accepted(data)  # without a window the file is fine
+    for source in (FileSource(io.BytesIO(data)), SequentialSource(iter([data]), len(data))):
+        with pytest.raises(MalformedMedia, match="64-bit"):  # struct.error before
+            plan_source(Container.MP4, source, Limits(), Selection(start=1.0))
+    status = fz.call_wsgi(AudioOnlyMiddleware(StaticApp("200 OK", [("Content-Type", "video/mp4")], data)),
+                          "ali_audio_only=1&start=1").status
+    assert status.startswith("502")
+
+
+def test_a_moov_of_many_tiny_boxes_is_refused_and_unchanged_boxes_are_one_piece_per_run():
+    crowded = Movie(chunks=4, per_chunk=2, sample_size=4, extra_moov=[box(b"free")] * 300)
+    assert_refused(crowded.build(), LimitExceeded, match="boxes", limits=Limits(max_moov_boxes=200))
+    plan = plan_source(Container.MP4, FileSource(io.BytesIO(crowded.build())), Limits())
+    assert len(plan.pieces) < 30  # 300 kept boxes in a row are one view, not 300 pieces (memory)
+
+
+def test_rewriting_a_moov_is_linear_in_its_boxes_times_its_dropped_tracks():
+    """Finding whether an edit lies inside a box scanned every edit (one per dropped track) for every box."""
+    def movie(boxes: int, tracks: int) -> bytes:
+        traks = [box(b"trak", tkhd(10 + i), box(b"mdia", mdhd(25, 25), hdlr(b"vide"))) for i in range(tracks)]
+        return Movie(chunks=4, per_chunk=2, sample_size=4, extra_moov=traks + [box(b"free")] * boxes).build()
+
+    assert_linear(movie(3000, 200), movie(12000, 800))
+
+
+def test_a_csgp_with_more_patterns_than_the_limit_is_refused_when_clipping():
+    patterns = 70_000  # 4-bit fields: (length 0, count 0) patterns, one byte each
+    csgp = full_box(b"csgp", b"roll", struct.pack(">I", patterns), bytes(patterns))
+    data = Movie(chunks=4, per_chunk=2, sample_size=4, extra_stbl=[csgp]).build()
+    with pytest.raises(LimitExceeded, match="csgp"):
+        plan_source(Container.MP4, FileSource(io.BytesIO(data)), Limits(), Selection(start=0.0002))

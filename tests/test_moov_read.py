@@ -123,10 +123,17 @@ def test_size_zero_keeps_meaning_to_the_end_of_the_parent():
 
 
 def test_a_moov_of_tiny_boxes_costs_few_reads():
-    moov = build_box(b"moov", build_box(b"mvhd", bytes(100)), *[build_box(b"free")] * 50_000)
+    moov = build_box(b"moov", build_box(b"mvhd", bytes(100)), *[build_box(b"free")] * 40_000)
     condensed, source = condense(moov)
     assert condensed == moov
     assert len(source.reads) <= len(moov) // READ_AHEAD + 2
+
+
+def test_a_moov_of_more_boxes_than_the_limit_is_refused_while_read():
+    moov = build_box(b"moov", build_box(b"mvhd", bytes(100)), *[build_box(b"free")] * 101)
+    with pytest.raises(LimitExceeded, match="more than 100 boxes"):
+        read_condensed_moov(FileSource(io.BytesIO(moov)), parse_header(moov, 0, len(moov)),
+                            Limits(max_moov_boxes=100))
 
 
 def test_nesting_is_bounded():

@@ -9,6 +9,7 @@ size is checked against the space that contains it before it is trusted.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -98,6 +99,28 @@ def iter_children(data: bytes | memoryview, start: int, end: int) -> Iterator[Bo
         pos = box.end
 
 
+#: The containers whose children the movie's parsing and rewriting iterate.
+PARSED_CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl"})
+
+
+def check_box_count(data: bytes | memoryview, box: Box, limit: int, max_depth: int) -> None:
+    """Refuse (LimitExceeded) a box holding more than ``limit`` boxes in itself and its
+    :data:`PARSED_CONTAINERS`: bounds every later pass over them, each of which costs some
+    microseconds of Python per box (others, such as ``udta``, are copied unparsed)."""
+    count = 0
+    stack = [(box, 0)]
+    while stack:
+        parent, depth = stack.pop()
+        if depth >= max_depth:
+            raise LimitExceeded(f"boxes nest deeper than {max_depth} levels")
+        for child in iter_children(data, parent.payload_offset, parent.end):
+            count += 1
+            if count > limit:
+                raise LimitExceeded(f"'{box.name}' holds more than {limit} boxes")
+            if child.type in PARSED_CONTAINERS:
+                stack.append((child, depth + 1))
+
+
 def children_by_type(data: bytes | memoryview, box: Box) -> dict[bytes, list[Box]]:
     """Group a container's children by type (duplicates kept, in order)."""
     found: dict[bytes, list[Box]] = {}
@@ -153,23 +176,45 @@ def rebuild(data: bytes | memoryview, box: Box, edits: Mapping[int, bytes | None
 
 def rebuild_parts(data: bytes | memoryview, box: Box, edits: Mapping[int, bytes | None], depth: int = 0,
                   max_depth: int = 32) -> tuple[int, list[bytes | memoryview]]:
-    """(size, pieces) of :func:`rebuild` without joining: unchanged boxes stay zero-copy views."""
+    """(size, pieces) of :func:`rebuild` without joining: unchanged boxes stay zero-copy views, one
+    view per run of unchanged siblings (a moov of 100k small boxes is not 100k pieces)."""
+    size, parts, _ = _rebuild_parts(data, box, edits, sorted(edits), depth, max_depth)
+    return size, parts
+
+
+def _rebuild_parts(data: bytes | memoryview, box: Box, edits: Mapping[int, bytes | None], where: list[int],
+                   depth: int, max_depth: int) -> tuple[int, list[bytes | memoryview], bool]:
+    """:func:`rebuild_parts`, plus whether ``box`` is unchanged; ``where``: the edits' offsets, sorted
+    (so finding an edit inside a box is a bisection, not a scan of every edit for every box)."""
     if box.offset in edits:
         new = edits[box.offset] or b""
-        return len(new), [new]
-    if not any(box.offset < where < box.end for where in edits):
-        return box.size, [memoryview(data)[box.offset:box.end]]
+        return len(new), [new], False
+    inside = bisect_right(where, box.offset)
+    if inside == len(where) or where[inside] >= box.end:
+        return box.size, [memoryview(data)[box.offset:box.end]], True
     if box.type not in CONTAINERS:
         raise MalformedMedia(f"cannot rewrite inside '{box.name}'")
     if depth >= max_depth:
         raise LimitExceeded(f"boxes nest deeper than {max_depth} levels")
     size, parts = 0, []
+    run_start = run_end = -1  # unchanged siblings are contiguous: one view for each run of them
     for child in iter_children(data, box.payload_offset, box.end):
-        child_size, child_parts = rebuild_parts(data, child, edits, depth + 1, max_depth)
+        child_size, child_parts, unchanged = _rebuild_parts(data, child, edits, where, depth + 1, max_depth)
         size += child_size
-        parts += child_parts
+        if unchanged and run_end == child.offset:
+            run_end = child.end
+            continue
+        if run_start >= 0:
+            parts.append(memoryview(data)[run_start:run_end])
+            run_start = run_end = -1
+        if unchanged:
+            run_start, run_end = child.offset, child.end
+        else:
+            parts += child_parts
+    if run_start >= 0:
+        parts.append(memoryview(data)[run_start:run_end])
     header = box_header(box.type, size)
-    return len(header) + size, [header, *parts]
+    return len(header) + size, [header, *parts], False
 
 
 def full_box_version(data: bytes | memoryview, box: Box) -> int:

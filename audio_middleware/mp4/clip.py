@@ -57,7 +57,7 @@ from operator import mul, sub
 
 import numpy as np
 
-from ..errors import InvalidRequest, MalformedMedia, RangeNotSatisfiable, UnsupportedMedia
+from ..errors import InvalidRequest, LimitExceeded, MalformedMedia, RangeNotSatisfiable, UnsupportedMedia
 from ..limits import Limits
 from ..plan import Plan
 from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, only_child, rebuild
@@ -76,6 +76,10 @@ ELST_V0 = struct.Struct(">IiI")
 ELST_V1 = struct.Struct(">QqI")
 UNITY_RATE = 0x00010000
 MAX_I32 = 0x7FFFFFFF
+MAX_I64 = (1 << 63) - 1
+#: Most patterns accepted in a ``csgp`` box: "compact" sample groups repeat a few patterns.
+MAX_CSGP_PATTERNS = 1 << 16
+MAX_U64 = (1 << 64) - 1
 #: Float seconds are exact binary fractions: tolerate a thousandth of a tick at sample boundaries.
 TICK_SLACK = Fraction(1, 1000)
 #: Per-sample boxes we cannot slice without the decryption context.
@@ -365,7 +369,18 @@ def _track_edits(data: bytes, cut: _Cut, empty: int, limits: Limits) -> dict[int
     return edits
 
 
+def _check_time(value: int, limit: int, what: str) -> int:
+    """A computed duration or time, refused (MalformedMedia) when it does not fit its 64-bit field:
+    tables whose times add up past 2**64 describe no real file."""
+    if not 0 <= value <= limit:
+        raise MalformedMedia(f"clipped {what} ({value}) does not fit a 64-bit field")
+    return value
+
+
 def _elst(empty: int, segment: int, media_time: int) -> bytes:
+    _check_time(empty, MAX_U64, "edit duration")
+    _check_time(segment, MAX_U64, "edit duration")
+    _check_time(media_time, MAX_I64, "media time")
     entries = ([(empty, -1)] if empty > 0 else []) + [(segment, media_time)]
     wide = max(empty, segment) > MAX_U32 or media_time > MAX_I32
     entry = ELST_V1 if wide else ELST_V0
@@ -388,6 +403,7 @@ def _retime(data: bytes, box: Box, middle: int, duration: int) -> bytes:
     if len(payload) < rest_at:
         raise MalformedMedia(f"'{box.name}' at byte {box.offset} is too short")
     created, modified = times.unpack_from(payload, 4)
+    _check_time(duration, MAX_U64, f"'{box.name}' duration")
     wide = wide_in or duration > MAX_U32
     out = bytearray([1 if wide else 0]) + payload[1:4]
     out += struct.pack(">QQ" if wide else ">II", created, modified)
@@ -567,6 +583,8 @@ def _csgp(data: bytes, box: Box, lo: int, hi: int, limits: Limits) -> bytes:
     flags = U32.unpack_from(data, at)[0] & 0xFFFFFF
     head = 8 + (4 if flags & 0x40 else 0)
     pattern_count, digits_at = counted_entries(data, box, head, 0, limits.max_table_entries)
+    if pattern_count > MAX_CSGP_PATTERNS:  # each costs Python work and memory; a compact group has few
+        raise LimitExceeded(f"csgp at byte {box.offset} has {pattern_count} patterns (at most {MAX_CSGP_PATTERNS})")
     width = [1 << ((flags >> shift) & 3) for shift in (4, 2, 0)]  # hex digits per field: 1, 2, 4 or 8
     digits = bytes(data[digits_at:box.end]).hex()
     pair = width[0] + width[1]

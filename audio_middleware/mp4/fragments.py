@@ -163,9 +163,15 @@ class Fragment:
             if child.type == b"traf":
                 previous_end = self._read_traf(child, previous_end, kept_ids, trex, limits)
         self.runs.sort(key=lambda run: run.source_offset)
-        for before, after in zip(self.runs, self.runs[1:], strict=False):
-            if before.source_offset + before.length > after.source_offset and before.length and after.length:
+        filled = [run for run in self.runs if run.length]  # an empty run holds no bytes: it overlaps nothing
+        for before, after in zip(filled, filled[1:], strict=False):
+            if before.source_offset + before.length > after.source_offset:
                 raise MalformedMedia(f"track runs overlap at byte {after.source_offset}")
+
+    @property
+    def end(self) -> int:
+        """Where the fragment's last audio byte ends in the source (0 without audio)."""
+        return max((run.source_offset + run.length for run in self.runs), default=0)
 
     def _read_traf(self, traf: Box, previous_end: int, kept_ids: set[int], trex: dict[int, tuple[int, int]],
                    limits: Limits) -> int:
@@ -300,8 +306,7 @@ def _fragment_pieces(source: Source, moof: Box, kept_ids: set[int], trex: dict[i
     fragment = Fragment(read_moof(source, moof, limits), moof.offset, kept_ids, trex, limits)
     if not fragment.runs:
         return []
-    last = fragment.runs[-1]
-    if source.size is not None and last.source_offset + last.length > source.size:
+    if source.size is not None and fragment.end > source.size:  # any run, not only the last one by offset
         raise MalformedMedia(f"fragment at byte {moof.offset} points past the end of the file")
     pieces: list[Piece] = [Literal(fragment.rewrite(out_position))]
     pieces.extend(Span(run.source_offset, run.length) for run in fragment.runs if run.length)

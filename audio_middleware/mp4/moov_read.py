@@ -43,6 +43,7 @@ class _Reader:
         self.out = bytearray()
         self.cursor = moov.offset  # source offset of the next byte to read
         self.removed = 0  # bytes cut out so far: source offset - removed = index in out
+        self.boxes = 0  # headers read so far
 
     def index(self, offset: int) -> int:
         return offset - self.moov.offset - self.removed
@@ -91,6 +92,9 @@ def _walk(reader: _Reader, box: Box, depth: int, limits: Limits) -> None:
     offset = box.payload_offset
     while box.end - offset >= 8:
         child = reader.header(offset, box.end)
+        reader.boxes += 1
+        if reader.boxes > limits.max_moov_boxes:
+            raise LimitExceeded(f"moov holds more than {limits.max_moov_boxes} boxes")
         if child.type in WALKED:
             _walk(reader, child, depth + 1, limits)
         elif box.type == b"mdia" and child.type == b"hdlr":

@@ -16,7 +16,16 @@ import numpy as np
 
 from ..errors import LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia, echo
 from ..limits import Limits
-from .boxes import MAX_U32, Box, build_box, full_box_version, iter_children, parse_header, rebuild_parts
+from .boxes import (
+    MAX_U32,
+    Box,
+    build_box,
+    check_box_count,
+    full_box_version,
+    iter_children,
+    parse_header,
+    rebuild_parts,
+)
 from .tracks import Track, parse_track
 
 U32 = struct.Struct(">I")
@@ -47,6 +56,7 @@ class Movie:
 def parse_movie(data: bytes, limits: Limits) -> Movie:
     """Parse the ``moov`` box held in ``data`` (which starts with its header)."""
     moov = parse_header(data, 0, len(data))
+    check_box_count(data, moov, limits.max_moov_boxes, limits.max_box_depth)
     mvhd: Box | None = None
     mvex: Box | None = None
     tracks: list[Track] = []

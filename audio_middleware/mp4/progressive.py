@@ -57,9 +57,13 @@ def _chunk_ends(offsets: np.ndarray, sizes: np.ndarray, source_size: int | None)
         return ends
     if offsets[0] < 0:
         raise MalformedMedia(f"audio chunk offset {int(offsets[0])} is out of range")
-    overlapping = np.flatnonzero((ends[:-1] > offsets[1:]) & (sizes[:-1] > 0) & (sizes[1:] > 0))
+    # Sorted by offset, chunks overlap only if one overlaps the next non-empty one (an empty chunk
+    # holds no bytes: it must not hide the pair around it).
+    filled = sizes > 0
+    starts, stops = (offsets, ends) if bool(filled.all()) else (offsets[filled], ends[filled])
+    overlapping = np.flatnonzero(stops[:-1] > starts[1:])
     if overlapping.size:
-        raise MalformedMedia(f"audio chunks overlap at byte {int(offsets[overlapping[0] + 1])}")
+        raise MalformedMedia(f"audio chunks overlap at byte {int(starts[overlapping[0] + 1])}")
     last = int(ends.max())
     if source_size is not None and last > source_size:
         raise MalformedMedia(f"audio chunk ends at byte {last}, past the end of the file ({source_size})")

@@ -23,6 +23,8 @@ ENTRY_COUNT = struct.Struct(">I")
 STSZ_HEAD = struct.Struct(">II")
 STSC_ENTRY = struct.Struct(">III")
 LITTLE_ENDIAN = sys.byteorder == "little"
+#: The largest chunk offset accepted (2**62, 4 EiB): sums with chunk sizes stay inside int64.
+MAX_OFFSET = 1 << 62
 
 
 def big_endian_array(code: str, raw: bytes | memoryview) -> array:
@@ -56,7 +58,11 @@ def chunk_offsets(data: bytes | memoryview, box: Box, max_entries: int) -> np.nd
     """Chunk offsets from ``stco`` (32-bit) or ``co64`` (64-bit), as int64."""
     width = 8 if box.type == b"co64" else 4
     count, first = counted_entries(data, box, 4, width, max_entries)
-    return np.frombuffer(data, ">u8" if width == 8 else ">u4", count, first).astype(np.int64)
+    offsets = np.frombuffer(data, ">u8" if width == 8 else ">u4", count, first)
+    if width == 8 and count and int(offsets.max()) > MAX_OFFSET:
+        # an offset no file reaches: as int64 it would wrap, and offset + size with it
+        raise MalformedMedia(f"co64 chunk offset {int(offsets.max())} is out of range")
+    return offsets.astype(np.int64)
 
 
 def stsc_columns(data: bytes | memoryview, box: Box, max_entries: int) -> tuple[np.ndarray, np.ndarray]:
