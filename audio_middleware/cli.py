@@ -10,21 +10,26 @@ It is a thin front end over the same engine as the middleware: the default
 output is the middleware's audio-only rendition (one :func:`plan_source` plan
 written to a file); ``--format aac``/``mp3`` write raw frames through
 :mod:`audio_middleware.elementary`. Exit codes follow the error classes:
-0 done, 2 usage (bad arguments, unreadable input, unwritable output),
-3 unsupported media or no audio, 4 malformed input or a safety limit hit.
+0 done, 2 usage (bad arguments, unreadable input, an output that exists, is
+the input or is in a missing directory), 3 unsupported media or no audio,
+4 malformed input or a safety limit hit, 5 the system failed to write the
+output (disk full, read-only or forbidden directory, I/O error), 141 stdout
+closed by its reader (``| head``, a player that quits), without a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from typing import IO, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, TextIO, cast
 
 from . import __version__
 from .elementary import FORMATS, describe, sniff, write_audio
@@ -36,7 +41,11 @@ from .sniff import Container
 from .sources import FileSource
 
 PROG = "audio-extract"
-EXIT_OK, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_MALFORMED = 0, 2, 3, 4
+EXIT_OK, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_MALFORMED, EXIT_WRITE = 0, 2, 3, 4, 5
+#: stdout closed by its reader: what a shell reports for a program killed by SIGPIPE (128 + 13).
+EXIT_PIPE = 141
+#: How write errors on ``-o -`` name the output.
+STDOUT = "stdout"
 #: What each error class is called in messages.
 LABELS = {"NoAudioTrack": "no audio", "UnsupportedMedia": "unsupported", "TranscodeUnavailable": "unsupported",
           "NeedsTranscode": "unsupported", "MalformedMedia": "malformed input", "SourceTruncated": "malformed input",
@@ -104,7 +113,8 @@ def _track(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Write the audio of an MP4-family (MP4, MOV, M4A, 3GP) or FLV file.",
-        epilog="exit codes: 0 done, 2 usage, 3 unsupported media or no audio, 4 malformed input")
+        epilog="exit codes: 0 done, 2 usage, 3 unsupported media or no audio, 4 malformed input, "
+               "5 cannot write the output, 141 stdout closed early")
     parser.add_argument("input", metavar="INPUT", help="the media file to read")
     parser.add_argument("-o", "--output", metavar="OUTPUT",
                         help="where to write (default: INPUT with .m4a, .flv, .aac or .mp3; '-' = stdout)")
@@ -133,6 +143,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # argparse: usage errors (2), --help and --version (0)
         return int(stop.code or 0)
     try:
+        code = _handle(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        _detach_stdout()
+        return EXIT_PIPE
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """Run the parsed command, turning each error class into a one-line message and its exit status.
+
+    BrokenPipeError (stdout closed by its reader) is left to :func:`main`, which
+    exits quietly: the reader is gone, nobody wants a message about it.
+    """
+    try:
         return _run(args)
     except _UsageError as error:
         _complain(args, EXIT_USAGE, "usage", str(error))
@@ -141,13 +166,91 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = error.exit_code if error.exit_code in (EXIT_USAGE, EXIT_UNSUPPORTED) else EXIT_MALFORMED
         _complain(args, code, LABELS.get(type(error).__name__, "error"), str(error))
         return code
+    except _WriteError as error:
+        if error.name == STDOUT:
+            if isinstance(error.error, BrokenPipeError):
+                raise error.error from None
+            _detach_stdout()  # else the interpreter's flush at exit fails again, with a traceback
+        _complain(args, EXIT_WRITE, "write error", str(error))
+        return EXIT_WRITE
+    except BrokenPipeError:
+        raise
+    except OSError as error:  # not on the output (that is a _WriteError): reading the input failed midway
+        where = f"{error.filename!r}: " if error.filename else ""
+        _complain(args, EXIT_WRITE, "i/o error", f"{where}{error.strerror or error}")
+        return EXIT_WRITE
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
 
 
 class _UsageError(Exception):
-    """Bad combination of arguments, unreadable input or unwritable output (exit 2)."""
+    """Bad combination of arguments, unreadable input, or an output we refuse to write (exit 2)."""
+
+
+class _WriteError(Exception):
+    """The system failed to create or write OUTPUT (exit 5): disk full, read-only directory, EIO...
+
+    Kept apart from OSError so that the message names the output (a failed
+    ``write`` on a descriptor has no file name) and an input read error is
+    not reported as a write error.
+    """
+
+    def __init__(self, name: str, error: OSError) -> None:
+        super().__init__(f"{name}: {error.strerror or error}")
+        self.name = name
+        self.error = error
+
+
+@contextlib.contextmanager
+def _writing(name: str) -> Iterator[None]:
+    """Report an OSError of the enclosed step on OUTPUT as a :class:`_WriteError` naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise _WriteError(name, error) from error
+
+
+class _Sink:
+    """OUTPUT's stream, remembering the first OSError that a write or flush raised.
+
+    PyAV swallows an exception raised in its write callback and fails with
+    "Error in PyAV callback", which the transcoder reports as malformed input;
+    the remembered error lets the command report the real cause (a full disk,
+    a closed pipe) instead.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._stream.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+
+def _detach_stdout() -> None:
+    """Point stdout at the null device, so that the flush at exit cannot fail (and print) again.
+
+    Python's documented way to exit after EPIPE; in-process callers whose
+    sys.stdout has no descriptor (tests) are left alone.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
 
 
 def _complain(args: argparse.Namespace, code: int, label: str, message: str) -> None:
@@ -207,16 +310,48 @@ def _check_extension(container: Container, fmt: str, output: str) -> None:
 
 
 def _check_output(args: argparse.Namespace, output: str) -> None:
+    """Refuse outputs that cannot or must not be written, before any work (exit 2)."""
     if os.path.isdir(output):
         raise _UsageError(f"{output!r} is a directory")
+    if output.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        # dirname(abspath('missing/')) is the parent, which exists: without this the rename fails late
+        raise _UsageError(f"cannot write {output!r}: directory {output!r} does not exist")
     if os.path.exists(output):
         if os.path.samefile(output, args.input):
             raise _UsageError("OUTPUT is the input file")
-        if not args.overwrite:
+        if not args.overwrite and _holds_data(output):
             raise _UsageError(f"{output!r} exists (use --overwrite to replace it)")
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
         raise _UsageError(f"cannot write {output!r}: directory {directory!r} does not exist")
+
+
+def _mode(path: str) -> int:
+    """The file type and mode bits of ``path`` (following links), 0 when it cannot be examined."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
+
+
+def _is_stream(output: str) -> bool:
+    """Whether OUTPUT exists and is neither a regular file nor a directory (device, FIFO, socket).
+
+    Those are written into in place: renaming a temporary file over them would
+    replace the node itself (as root, /dev/null for the whole system) and the
+    reader of a FIFO would never get the audio.
+    """
+    mode = _mode(output)
+    return bool(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _holds_data(output: str) -> bool:
+    """Whether writing OUTPUT destroys what it holds (a regular file, a block device): needs --overwrite.
+
+    Writing into /dev/null, a FIFO or a socket destroys nothing.
+    """
+    mode = _mode(output)
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
 
 
 def _umask() -> int:
@@ -231,7 +366,18 @@ def _progress(args: argparse.Namespace, label: str) -> ProgressBar | None:
     return ProgressBar(sys.stderr, label)
 
 
-def _extract(args: argparse.Namespace, fmt: str, out: IO[bytes], bar: ProgressBar | None) -> dict:
+def _extract(args: argparse.Namespace, fmt: str, out: IO[bytes], name: str, bar: ProgressBar | None) -> dict:
+    """Write the audio to ``out``; any failure caused by a failed write becomes a :class:`_WriteError`."""
+    sink = _Sink(out)
+    try:
+        return _write(args, fmt, cast(IO[bytes], sink), bar)
+    except Exception as error:
+        if sink.error is None:
+            raise
+        raise _WriteError(name, sink.error) from error
+
+
+def _write(args: argparse.Namespace, fmt: str, out: IO[bytes], bar: ProgressBar | None) -> dict:
     limits = Limits()
     if fmt in FORMATS:
         return write_audio(args.input, out, fmt, track=args.track, limits=limits, progress=bar,
@@ -239,26 +385,64 @@ def _extract(args: argparse.Namespace, fmt: str, out: IO[bytes], bar: ProgressBa
     return write_rendition(args.input, out, track=args.track, limits=limits, progress=bar)
 
 
+def _write_and_close(args: argparse.Namespace, fmt: str, out: IO[bytes], name: str,
+                     bar: ProgressBar | None) -> dict:
+    """Extract into ``out`` and close it: a full disk may show only when the last buffer is written."""
+    try:
+        summary = _extract(args, fmt, out, name, bar)
+        with _writing(name):
+            out.close()
+    finally:
+        if not out.closed:
+            with contextlib.suppress(OSError):
+                out.close()
+    return summary
+
+
 def _to_file(args: argparse.Namespace, fmt: str, output: str) -> dict:
-    """Write through a temporary file beside OUTPUT, renamed into place only when complete."""
-    directory = os.path.dirname(os.path.abspath(output))
-    fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".part", dir=directory)
+    """Write OUTPUT; the progress bar, if drawn, ends its line whatever happens."""
     bar = _progress(args, os.path.basename(output))
     try:
-        with os.fdopen(fd, "wb") as out:
-            summary = _extract(args, fmt, out, bar)
-        os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(partial, output)
+        write = _into_stream if _is_stream(output) else _through_temporary
+        summary = write(args, fmt, output, bar)
     except BaseException:
         if bar is not None:
             bar.abort()
-        if os.path.exists(partial):
-            os.unlink(partial)
         raise
     if bar is not None:
         bar.finish(os.path.getsize(args.input))
     summary["output"] = output
     return summary
+
+
+def _through_temporary(args: argparse.Namespace, fmt: str, output: str, bar: ProgressBar | None) -> dict:
+    """Write through a temporary file beside OUTPUT, renamed into place only when complete.
+
+    A failure (bad input, full disk) then never leaves a short OUTPUT, and the
+    temporary file is removed.
+    """
+    name = repr(output)
+    directory = os.path.dirname(os.path.abspath(output))
+    with _writing(name):
+        fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".part", dir=directory)
+    try:
+        summary = _write_and_close(args, fmt, os.fdopen(fd, "wb"), name, bar)
+        with _writing(name):
+            os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+            os.replace(partial, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return summary
+
+
+def _into_stream(args: argparse.Namespace, fmt: str, output: str, bar: ProgressBar | None) -> dict:
+    """Write straight into an existing device, FIFO or socket (``-o /dev/null``, a named pipe): see _is_stream."""
+    name = repr(output)
+    with _writing(name):
+        fd = os.open(output, os.O_WRONLY)  # no O_CREAT: never a new regular file if the node vanished
+    return _write_and_close(args, fmt, os.fdopen(fd, "wb"), name, bar)
 
 
 def _to_stdout(args: argparse.Namespace, fmt: str) -> int:
@@ -269,14 +453,15 @@ def _to_stdout(args: argparse.Namespace, fmt: str) -> int:
     stdout = sys.stdout.buffer
     bar = _progress(args, "stdout")
     try:
-        summary = _extract(args, fmt, stdout, bar)
+        summary = _extract(args, fmt, stdout, STDOUT, bar)
+        with _writing(STDOUT):
+            stdout.flush()
     except BaseException:
         if bar is not None:
             bar.abort()
         raise
     if bar is not None:
         bar.finish(os.path.getsize(args.input))
-    stdout.flush()
     summary["output"] = "-"
     _report(args, summary)
     return EXIT_OK

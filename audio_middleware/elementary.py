@@ -31,7 +31,14 @@ from itertools import repeat
 from typing import IO
 
 from .emit import iter_plan_bytes
-from .errors import AudioExtractionError, LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia
+from .errors import (
+    AudioExtractionError,
+    LimitExceeded,
+    MalformedMedia,
+    NoAudioTrack,
+    SourceTruncated,
+    UnsupportedMedia,
+)
 from .flv.tags import FILTER_BIT, PEEK_SIZE, TAG_AUDIO, TAG_HEAD, TAG_HEADER_SIZE, TYPE_MASK, audio_codec_name
 from .flv.tags import parse_file_header as parse_flv_header
 from .limits import Limits
@@ -47,7 +54,7 @@ from .mp4.fragments import (
 )
 from .mp4.layout import find_moov, read_top_header
 from .mp4.movie import Movie, parse_movie, select_audio
-from .mp4.tables import SampleSizes, sample_to_chunk
+from .mp4.tables import SampleSizes, big_endian_array, sample_to_chunk
 from .mp4.tracks import Track
 from .plan import LazyPlan, Literal, Piece, Span, coalesce
 from .sniff import Container, by_signature
@@ -140,9 +147,14 @@ def _object_type(bits: _Bits) -> int:
 
 
 def _frequency(bits: _Bits) -> tuple[int, int]:
+    """(samplingFrequencyIndex, rate in Hz): an explicit rate of 0 is refused here, once, because every
+    frame duration downstream is ``frame_length / sample_rate``."""
     index = bits.read(4)
     if index == 0xF:
-        return index, bits.read(24)
+        rate = bits.read(24)
+        if not rate:
+            raise MalformedMedia("AudioSpecificConfig gives an explicit sampling frequency of 0 Hz")
+        return index, rate
     if index >= len(SAMPLE_RATES):
         raise MalformedMedia(f"reserved AAC sampling frequency index {index}")
     return index, SAMPLE_RATES[index]
@@ -338,19 +350,31 @@ def parse_esds(data: bytes, esds: Box) -> tuple[int, bytes | None]:
     raise MalformedMedia("esds has no DecoderConfigDescriptor")
 
 
-def _find_esds(data: bytes, start: int, end: int) -> Box | None:
-    for child in iter_children(data, start, end):
-        if child.type == b"esds":
+def _find_esds(data: bytes, start: int, end: int, max_depth: int) -> Box | None:
+    """The first ``esds`` among a sample entry's boxes, depth first into QuickTime ``wave`` atoms.
+
+    QuickTime sound description v1 keeps the esds in a 'wave' atom. The search
+    keeps its own stack rather than recursing: a hostile entry can nest thousands
+    of 'wave' boxes in a few KB, and nesting deeper than ``max_depth`` levels is
+    refused with LimitExceeded, as the moov walkers do.
+    """
+    stack = [iter_children(data, start, end)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif child.type == b"esds":
             return child
-        if child.type == b"wave":  # QuickTime sound description v1 keeps esds in a 'wave' atom
-            found = _find_esds(data, child.payload_offset, child.end)
-            if found is not None:
-                return found
+        elif child.type == b"wave":
+            if len(stack) >= max_depth:
+                raise LimitExceeded(f"'wave' boxes nest deeper than {max_depth} levels")
+            stack.append(iter_children(data, child.payload_offset, child.end))
     return None
 
 
-def sample_entry(data: bytes, track: Track) -> EntryInfo:
+def sample_entry(data: bytes, track: Track, limits: Limits | None = None) -> EntryInfo:
     """Codec, rate and channels from the first sample entry of an audio track."""
+    limits = limits or Limits()
     if track.stbl is None:
         raise MalformedMedia(f"track {track.track_id} has no sample table")
     stsd = only_child(data, track.stbl, b"stsd")
@@ -372,7 +396,7 @@ def sample_entry(data: bytes, track: Track) -> EntryInfo:
         channels = U32.unpack_from(data, at + 40)[0]
     info = EntryInfo(ENTRY_CODECS.get(entry.type, entry.name.strip() or "unknown"), rate, channels)
     if entry.type in (b"mp4a", b"enca"):
-        esds = _find_esds(data, at + 28 + extra, entry.end)
+        esds = _find_esds(data, at + 28 + extra, entry.end, limits.max_box_depth)
         if esds is not None and entry.type == b"mp4a":
             info.object_type_indication, info.specific = parse_esds(data, esds)
             info.codec = OTI_CODECS.get(info.object_type_indication, f"mp4a.{info.object_type_indication:02X}")
@@ -405,51 +429,129 @@ def _table_samples(data: bytes, track: Track, limits: Limits) -> Iterator[tuple[
             sample += 1
 
 
-def _moof_samples(data: bytes, moof_offset: int, wanted: int, defaults: dict[int, tuple[int, int]],
-                  limits: Limits) -> Iterator[tuple[int, int, int]]:
-    """(offset, size, duration) of the wanted track's samples in one ``moof``."""
+@dataclass(frozen=True)
+class _TrackRun:
+    """One ``trun`` of one track: ``count`` samples laid end to end from ``offset``, ``length`` bytes in all.
+
+    ``sizes`` / ``durations`` are the trun's per-sample columns when it has them
+    (durations are only read for the wanted track); otherwise every sample is
+    ``size`` bytes and ``duration`` ticks long.
+    """
+
+    track_id: int
+    offset: int
+    count: int
+    length: int
+    size: int
+    duration: int
+    sizes: array | None = None
+    durations: array | None = None
+
+    def samples(self) -> Iterator[tuple[int, int, int]]:
+        """(offset, size, duration) of every sample, in order."""
+        position = self.offset
+        for index in range(self.count):
+            size = self.size if self.sizes is None else self.sizes[index]
+            yield position, size, self.duration if self.durations is None else self.durations[index]
+            position += size
+
+
+def _trun_column(data: bytes, first: int, count: int, width: int, column: int) -> array:
+    """Field ``column`` (0-based, 32-bit) of each of a trun's ``count`` records of ``width`` bytes."""
+    return big_endian_array("I", data[first:first + count * width])[column::width // 4]
+
+
+def _read_run(data: bytes, trun: Box, track_id: int, position: int, base: int, defaults: tuple[int, int | None],
+              wanted: bool, limits: Limits) -> _TrackRun:
+    """The samples of one ``trun``, which start at ``position`` unless it has a data offset (from ``base``).
+
+    Costs O(1) when the sample size is constant (a skipped track's 16-byte trun
+    may claim 50 million samples) and otherwise O(records), which the moof holds.
+    """
+    flags, count, data_offset, first, width = trun_layout(data, trun, limits.max_table_entries)
+    if data_offset is not None:
+        position = base + data_offset
+    duration, size = defaults
+    sizes = durations = None
+    if flags & SAMPLE_SIZE:
+        sizes = _trun_column(data, first, count, width, 1 if flags & SAMPLE_DURATION else 0)
+        length, size = sum(sizes), 0
+    elif size is None:
+        if count:
+            raise MalformedMedia("track fragment gives no sample size (trun, tfhd and trex all lack one)")
+        length, size = 0, 0
+    else:
+        length = count * size
+    if wanted and flags & SAMPLE_DURATION:
+        durations = _trun_column(data, first, count, width, 0)
+    return _TrackRun(track_id, position, count, length, size, duration, sizes, durations)
+
+
+def _moof_runs(data: bytes, moof_offset: int, wanted: int, defaults: dict[int, tuple[int, int]],
+               limits: Limits) -> Iterator[_TrackRun]:
+    """Every ``trun`` of one ``moof`` (every track: they chain each other's positions), in order.
+
+    The samples all truns claim together are capped at ``max_table_entries``,
+    as one sample table's are.
+    """
     moof = parse_header(data, 0, len(data))
     previous_end = moof_offset
+    claimed = 0
     for traf in iter_children(data, moof.payload_offset, moof.end):
         if traf.type != b"traf":
             continue
         flags, track_id, base, duration, size = parse_tfhd(data, only_child(data, traf, b"tfhd"))
         trex_duration, trex_size = defaults.get(track_id, (0, None))
-        duration = trex_duration if duration is None else duration
-        size = trex_size if size is None else size
+        traf_defaults = (trex_duration if duration is None else duration, trex_size if size is None else size)
         if base is None:
             base = moof_offset if flags & DEFAULT_BASE_IS_MOOF else previous_end
         position = base
         for trun in iter_children(data, traf.payload_offset, traf.end):
             if trun.type != b"trun":
                 continue
-            run_flags, count, data_offset, first, width = trun_layout(data, trun, limits.max_table_entries)
-            if data_offset is not None:
-                position = base + data_offset
-            step = width // 4
-            records = struct.unpack_from(f">{count * step}I", data, first) if step else ()
-            size_column = (1 if run_flags & SAMPLE_DURATION else 0) if run_flags & SAMPLE_SIZE else None
-            for index in range(count):
-                sample_size = records[index * step + size_column] if size_column is not None else size
-                if sample_size is None:
-                    raise MalformedMedia("track fragment gives no sample size (trun, tfhd and trex all lack one)")
-                if track_id == wanted:
-                    sample_duration = records[index * step] if run_flags & SAMPLE_DURATION else duration
-                    yield position, sample_size, sample_duration
-                position += sample_size
+            run = _read_run(data, trun, track_id, position, base, traf_defaults, track_id == wanted, limits)
+            claimed += run.count
+            if claimed > limits.max_table_entries:
+                raise LimitExceeded(f"moof at byte {moof_offset} claims more than {limits.max_table_entries} samples")
+            yield run
+            position = run.offset + run.length
         previous_end = position
+
+
+def _check_run(run: _TrackRun, source: Source, spent: int) -> int:
+    """Refuse a wanted track's run that no real file has; return the sample bytes ``spent`` with it.
+
+    Empty samples are not audio frames (and would be free to claim by the
+    billion). The track's samples never overlap in a real file, so together they
+    fit in it: that caps the samples read, each at least a byte, by the file size,
+    however many fragments point at the same bytes.
+    """
+    if run.offset < 0:
+        raise MalformedMedia(f"track {run.track_id} fragment data starts before the file (byte {run.offset})")
+    if (run.size if run.sizes is None else min(run.sizes)) == 0:
+        raise MalformedMedia(f"track {run.track_id} has an empty (0-byte) audio sample at or after byte {run.offset}")
+    spent += run.length
+    if source.size is not None and run.offset + run.length > source.size:
+        raise MalformedMedia(f"track {run.track_id} fragment samples at byte {run.offset} run past the end of the file")
+    if source.size is not None and spent > source.size:
+        raise MalformedMedia(f"track {run.track_id} fragment samples add up to more bytes than the file holds: "
+                             "they overlap")
+    return spent
 
 
 def _fragment_samples(source: Source, movie: Movie, track: Track, limits: Limits) -> Iterator[tuple[int, int, int]]:
     """(offset, size, duration) of the track's samples in every ``moof`` of the file, in file order."""
     defaults = trex_defaults(movie)
-    offset = 0
+    offset = spent = 0
     for _ in range(limits.max_top_level_boxes * 100):
         box = read_top_header(source, offset)
         if box is None:
             return
         if box.type == b"moof":
-            yield from _moof_samples(read_moof(source, box, limits), box.offset, track.track_id, defaults, limits)
+            for run in _moof_runs(read_moof(source, box, limits), box.offset, track.track_id, defaults, limits):
+                if run.track_id == track.track_id and run.count:
+                    spent = _check_run(run, source, spent)
+                    yield from run.samples()
         offset = box.end
     raise LimitExceeded("too many top-level boxes")
 
@@ -477,7 +579,7 @@ def _first_sample(movie: Movie, track: Track, source: Source, limits: Limits) ->
 
 def _entry_codec(movie: Movie, track: Track, source: Source, limits: Limits) -> tuple[EntryInfo, AacConfig | None]:
     """The sample entry of ``track`` with MPEG audio told apart by layer and AAC config decoded."""
-    entry = sample_entry(movie.data, track)
+    entry = sample_entry(movie.data, track, limits)
     config = None
     if entry.codec == "aac":
         if entry.specific is None:
@@ -554,10 +656,27 @@ def _flv_tags(source: Source, pos: int) -> Iterator[tuple[int, int, int, bytes]]
         pos += TAG_HEADER_SIZE + (word & 0xFFFFFF) + 4
 
 
+def _audio_tag_data(source: Source, pos: int, size: int, peek: bytes) -> int:
+    """Where the data of the audio tag at ``pos`` starts, once all ``size`` bytes of it are known to exist.
+
+    A tag header is 11 bytes and its data follows: a file cut right after a
+    header still yields the header, so the data (at least the codec byte the
+    callers read from ``peek``) is checked here, against the file size when it
+    is known (MalformedMedia), else against what the read returned (SourceTruncated).
+    """
+    data_at = pos + TAG_HEADER_SIZE
+    if source.size is not None and data_at + size > source.size:
+        raise MalformedMedia(f"FLV truncated at byte {source.size}: audio tag at byte {pos} is cut short")
+    if len(peek) < TAG_HEADER_SIZE + min(size, PEEK_SIZE - TAG_HEADER_SIZE):
+        raise SourceTruncated(f"FLV source ends inside the audio tag at byte {pos}")
+    return data_at
+
+
 def _first_flv_audio(source: Source) -> _FlvAudio:
     header = parse_flv_header(source.read(0, 9))
     for pos, kind, size, peek in _flv_tags(source, header.data_offset + 4):
         if kind & TYPE_MASK == TAG_AUDIO and size:
+            _audio_tag_data(source, pos, size, peek)
             if kind & FILTER_BIT:
                 raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
             return _FlvAudio(pos, peek[TAG_HEADER_SIZE] >> 4, audio_codec_name(peek), peek)
@@ -570,9 +689,7 @@ def _flv_frames(source: Source, first: _FlvAudio, state: dict) -> Iterator[Frame
     for pos, kind, size, peek in _flv_tags(source, first.pos):
         if kind & TYPE_MASK != TAG_AUDIO or not size:
             continue
-        data_at = pos + TAG_HEADER_SIZE
-        if source.size is not None and data_at + size > source.size:
-            raise MalformedMedia(f"FLV truncated at byte {source.size}: audio tag at byte {pos} is cut short")
+        data_at = _audio_tag_data(source, pos, size, peek)
         if kind & FILTER_BIT:
             raise UnsupportedMedia(f"encrypted (filtered) FLV audio tag at byte {pos}")
         if peek[TAG_HEADER_SIZE] >> 4 != first.sound_format:

@@ -7,12 +7,17 @@ exit statuses.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import select
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
 
 import pytest
 
@@ -366,3 +371,171 @@ def test_console_script_when_installed(copy):
         pytest.skip("console script not installed (setup.cfg entry point missing or package not reinstalled)")
     done = subprocess.run([script, copy("mp4_faststart"), "--info", "--json"], capture_output=True, timeout=60)
     assert done.returncode == 0 and json.loads(done.stdout)["tracks"]
+
+
+# -- output errors and outputs that are not regular files ----------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def never_replace_a_device(monkeypatch):
+    """Fail a test, instead of replacing the node, if the CLI renames a file over an existing
+    device or FIFO (as root, over the real /dev/null or /dev/full)."""
+    replace = os.replace
+
+    def guarded(src, dst, *args, **kwargs):
+        if os.path.exists(dst) and not stat.S_ISREG(os.stat(dst).st_mode):
+            raise AssertionError(f"os.replace over the non-regular file {dst!r}")
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", guarded)
+
+
+def temporaries_on_dev_full(monkeypatch) -> list[str]:
+    """Make the CLI's temporary files write to /dev/full (a disk that is full, without root or a mount);
+    returns the list of their paths, to check that they are removed."""
+    mkstemp, made = tempfile.mkstemp, []
+
+    def full(*args, **kwargs):
+        fd, path = mkstemp(*args, **kwargs)
+        made.append(path)
+        device = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(device, fd)
+        os.close(device)
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    return made
+
+
+def needs_mp3_encoder() -> None:
+    if not elementary.transcoding_available("mp3"):
+        pytest.skip("no MP3 encoder")
+
+
+@pytest.mark.parametrize("kind, fmt", [("mp4_faststart", "auto"), ("flv_aac", "aac"), ("mp4_faststart", "mp3")])
+def test_disk_full_is_a_write_error_and_leaves_nothing(copy, tmp_path, monkeypatch, capsys, kind, fmt):
+    if fmt == "mp3":
+        needs_mp3_encoder()  # a transcode: PyAV's callback swallowed the error, "malformed input", exit 4
+    source = copy(kind)
+    target = str(tmp_path / "out.bin")
+    made = temporaries_on_dev_full(monkeypatch)
+    assert main([source, "-f", fmt, "-o", target, "--json"]) == 5
+    captured = capsys.readouterr()
+    assert captured.err == f"audio-extract: write error: {target!r}: {os.strerror(errno.ENOSPC)}\n"
+    assert json.loads(captured.out)["error"] == {"exit_code": 5, "kind": "write error",
+                                                 "message": f"{target!r}: {os.strerror(errno.ENOSPC)}"}
+    assert made and not any(os.path.exists(path) for path in made)
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(source)]
+
+
+def test_read_only_directory_is_a_write_error(copy, tmp_path, monkeypatch, capsys):
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, "x.part"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    target = str(tmp_path / "out.m4a")
+    assert main([copy("mp4_faststart"), "-o", target, "--json"]) == 5
+    captured = capsys.readouterr()
+    assert captured.err == f"audio-extract: write error: {target!r}: {os.strerror(errno.EROFS)}\n"
+    assert json.loads(captured.out)["error"]["exit_code"] == 5
+
+
+def test_input_read_error_midway_is_exit_5_and_leaves_nothing(copy, tmp_path, monkeypatch, capsys):
+    source = copy("mp4_faststart")
+
+    def failing(path, out, **kwargs):
+        out.write(b"some audio")
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    monkeypatch.setattr(cli, "write_rendition", failing)
+    assert main([source, "-o", str(tmp_path / "out.m4a")]) == 5
+    assert capsys.readouterr().err == f"audio-extract: i/o error: {source!r}: {os.strerror(errno.EIO)}\n"
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(source)]
+
+
+def test_output_ending_in_a_separator_names_a_missing_directory(copy, tmp_path, capsys):
+    source = copy("mp4_faststart")
+    target = str(tmp_path / "missing") + os.sep
+    assert main([source, "-o", target]) == 2
+    assert capsys.readouterr().err == (f"audio-extract: usage: cannot write {target!r}: "
+                                       f"directory {target!r} does not exist\n")
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(source)]
+
+
+@pytest.mark.parametrize("argv", [["-o", "-"], ["-f", "aac", "-o", "-"], ["-f", "mp3", "-o", "-"], ["--info"]])
+def test_stdout_closed_by_its_reader_exits_141_quietly(copy, argv):
+    if "mp3" in argv:
+        needs_mp3_encoder()  # flv_aac to mp3 is a transcode
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written: every write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "audio_middleware", copy("flv_aac"), *argv], stdout=write,
+                              stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")
+
+
+def test_stdout_write_error_is_exit_5(copy):
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "audio_middleware", copy("flv_aac"), "-o", "-"], stdout=full,
+                              stderr=subprocess.PIPE, timeout=120)
+    assert done.returncode == 5
+    assert done.stderr == f"audio-extract: write error: stdout: {os.strerror(errno.ENOSPC)}\n".encode()
+
+
+@pytest.mark.parametrize("argv", [[], ["-y"], ["-f", "aac", "-y"]])
+def test_dev_null_is_written_into_not_replaced(copy, capsys, argv):
+    assert main([copy("mp4_faststart"), "-o", os.devnull, *argv]) == 0
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert f"{os.devnull}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["auto", "mp3"])
+def test_full_device_is_a_write_error(copy, capsys, fmt):
+    if fmt == "mp3":
+        needs_mp3_encoder()
+    assert main([copy("mp4_faststart"), "-f", fmt, "-o", "/dev/full"]) == 5
+    assert capsys.readouterr().err == f"audio-extract: write error: '/dev/full': {os.strerror(errno.ENOSPC)}\n"
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def read_fifo_in_a_thread(path: str, done: threading.Event) -> tuple[threading.Thread, list[bytes]]:
+    """Collect the bytes written into the FIFO at ``path`` until ``done`` is set and the FIFO is drained.
+
+    The FIFO is opened read-write (Linux: never blocks, never reads EOF), so the
+    thread ends however the writer behaves, even if it replaced the FIFO by a file.
+    """
+    fd, chunks = os.open(path, os.O_RDWR), []
+
+    def read() -> None:
+        try:
+            while True:
+                if select.select([fd], [], [], 0.05)[0]:
+                    chunks.append(os.read(fd, 1 << 16))
+                elif done.is_set():
+                    return
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, chunks
+
+
+@pytest.mark.parametrize("argv", [[], ["-y"]])
+def test_fifo_is_written_into_not_replaced(copy, tmp_path, argv):
+    source = copy("mp4_faststart")
+    assert main([source, "-o", str(tmp_path / "reference.m4a"), "-q"]) == 0
+    fifo = str(tmp_path / "fifo.m4a")
+    os.mkfifo(fifo)
+    done = threading.Event()
+    thread, chunks = read_fifo_in_a_thread(fifo, done)
+    try:
+        code = main([source, "-o", fifo, "-q", *argv])
+    finally:
+        done.set()
+        thread.join(10)
+    assert code == 0
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert b"".join(chunks) == (tmp_path / "reference.m4a").read_bytes()

@@ -31,7 +31,14 @@ from audio_middleware.elementary import (
     write_audio,
 )
 from audio_middleware.emit import iter_plan_bytes
-from audio_middleware.errors import AudioExtractionError, MalformedMedia, NoAudioTrack, UnsupportedMedia
+from audio_middleware.errors import (
+    AudioExtractionError,
+    LimitExceeded,
+    MalformedMedia,
+    NoAudioTrack,
+    SourceTruncated,
+    UnsupportedMedia,
+)
 from audio_middleware.limits import Limits
 from audio_middleware.mp4.boxes import build_box, parse_header
 from audio_middleware.sniff import Container
@@ -468,3 +475,153 @@ def test_real_files_copy_identically(name, fmt, tmp_path):
     local = shutil.copy(path, tmp_path)
     out, _ = extract(local, fmt)
     assert frames_of(out, fmt) == source_frames(local)
+
+
+# -- hostile input -----------------------------------------------------------------------------
+
+#: An AudioSpecificConfig with the explicit-frequency escape (index 15) and a rate of 0 Hz.
+RATE_ZERO = Bits().put(2, 5).put(15, 4).put(0, 24).put(2, 4).put(0, 1).bytes()
+
+
+def describe_bytes(data: bytes, limits: Limits | None = None) -> dict:
+    return describe(FileSource(io.BytesIO(data)), limits)
+
+
+def test_explicit_sample_rate_of_zero_is_malformed():
+    with pytest.raises(MalformedMedia, match="0 Hz"):
+        parse_audio_specific_config(RATE_ZERO)
+    data = flv(aac_config(RATE_ZERO), aac_frame(0, b"x" * 20))
+    with pytest.raises(MalformedMedia):
+        describe_bytes(data)  # every frame's duration was frame_length / 0
+    with pytest.raises(MalformedMedia):
+        flv_output(data, "aac")
+
+
+class UnsizedSource:
+    """A random-access source that does not know its length (only short reads reveal the end)."""
+
+    size = None
+    random_access = True
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset:offset + length]
+
+
+@pytest.mark.parametrize("cut", [11, 13])  # right after the tag header; inside the data
+def test_flv_cut_inside_the_first_audio_tag_is_malformed(cut):
+    whole = flv(tag(AUDIO, 0, b"\x2f" + MP3_FRAME))
+    data = whole[:13 + cut]  # 13: FLV header and PreviousTagSize0
+    with pytest.raises(MalformedMedia, match="cut short"):
+        describe_bytes(data)
+    with pytest.raises(MalformedMedia, match="cut short"):
+        flv_output(data, "mp3")
+    with pytest.raises(SourceTruncated):
+        open_audio(Container.FLV, UnsizedSource(data), Limits())
+
+
+def full_box(kind: bytes, *payload: bytes, flags: int = 0) -> bytes:
+    return build_box(kind, struct.pack(">I", flags), *payload)
+
+
+def sound_entry(kind: bytes, *children: bytes) -> bytes:
+    """An audio sample entry (version 0, stereo, 16-bit, 44100 Hz) followed by ``children``."""
+    return build_box(kind, bytes(6), struct.pack(">HHHIHHHHI", 1, 0, 0, 0, 2, 16, 0, 0, 44100 << 16), *children)
+
+
+def audio_moov(entry: bytes, *, fragmented: bool = False) -> bytes:
+    """ftyp + a moov with one audio track (track 1) whose sample tables are empty (all samples in fragments)."""
+    tables = [full_box(b"stsd", struct.pack(">I", 1), entry)]
+    tables += [full_box(kind, bytes(4)) for kind in (b"stts", b"stsc", b"stco")]
+    tables.append(full_box(b"stsz", bytes(8)))
+    minf = build_box(b"minf", full_box(b"smhd", bytes(4)), build_box(b"stbl", *tables))
+    mdia = build_box(b"mdia", full_box(b"mdhd", struct.pack(">IIIIHH", 0, 0, 44100, 0, 0x55C4, 0)),
+                     full_box(b"hdlr", struct.pack(">I4s12x", 0, b"soun"), b"sound\0"), minf)
+    trak = build_box(b"trak", full_box(b"tkhd", struct.pack(">IIIII", 0, 0, 1, 0, 0), bytes(60), flags=3), mdia)
+    mvex = [build_box(b"mvex", full_box(b"trex", struct.pack(">IIIII", 1, 1, 1024, 0, 0)))] if fragmented else []
+    mvhd = full_box(b"mvhd", struct.pack(">IIII", 0, 0, 1000, 0), bytes(80))
+    return build_box(b"ftyp", b"isom\0\0\2\0isom") + build_box(b"moov", mvhd, trak, *mvex)
+
+
+def nested_waves(depth: int, inner: bytes) -> bytes:
+    for _ in range(depth):
+        inner = build_box(b"wave", inner)
+    return inner
+
+
+@pytest.mark.parametrize("depth", [5000, 32])
+def test_deeply_nested_wave_boxes_are_refused(depth):
+    data = audio_moov(sound_entry(b"mp4a", nested_waves(depth, esds())))
+    with pytest.raises(LimitExceeded, match="nest deeper than 32"):  # recursion ran out of stack at 5000
+        describe_bytes(data)
+    shallow = audio_moov(sound_entry(b"mp4a", nested_waves(31, esds(specific=b"\x11\x88"))))
+    assert describe_bytes(shallow)["tracks"][0]["sample_rate"] == 48000
+
+
+def tfhd(track_id: int, default_size: int | None = None, base: int | None = None) -> bytes:
+    """A tfhd: moof-relative (default-base-is-moof) unless ``base`` gives an explicit base data offset."""
+    flags = 0x020000 if base is None else 0x000001
+    fields = b"" if base is None else struct.pack(">Q", base)
+    if default_size is not None:
+        flags |= 0x000010
+        fields += struct.pack(">I", default_size)
+    return full_box(b"tfhd", struct.pack(">I", track_id), fields, flags=flags)
+
+
+def trun(count: int, sizes: list[int] | None = None, data_offset: int | None = None) -> bytes:
+    """A trun of ``count`` samples: per-sample ``sizes`` if given, else the defaults' size."""
+    flags = (0x200 if sizes is not None else 0) | (0x001 if data_offset is not None else 0)
+    head = struct.pack(">I", count) + (b"" if data_offset is None else struct.pack(">i", data_offset))
+    return full_box(b"trun", head, *(struct.pack(">I", size) for size in sizes or ()), flags=flags)
+
+
+def moof(*trafs: bytes) -> bytes:
+    return build_box(b"moof", full_box(b"mfhd", struct.pack(">I", 1)), *trafs)
+
+
+def traf(track_id: int, *truns: bytes, default_size: int | None = None, base: int | None = None) -> bytes:
+    return build_box(b"traf", tfhd(track_id, default_size, base), *truns)
+
+
+def fragmented_mp3(*moofs: bytes, payload: int = 64) -> bytes:
+    """An MP3-in-MP4 movie with every sample in fragments, followed by ``payload`` bytes of mdat."""
+    return audio_moov(sound_entry(b".mp3"), fragmented=True) + b"".join(moofs) + build_box(b"mdat", bytes(payload))
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("count", [1, 50_000_000])
+def test_empty_samples_in_fragments_are_malformed(count):
+    data = fragmented_mp3(moof(traf(1, trun(count), default_size=0)))  # 50M claimed from 16 bytes: a hang
+    with pytest.raises(MalformedMedia, match="empty"):
+        describe_bytes(data)
+    listed = fragmented_mp3(moof(traf(1, trun(3, [4, 0, 4]))))
+    with pytest.raises(MalformedMedia, match="empty"):
+        describe_bytes(listed)
+
+
+@pytest.mark.timeout(5)
+def test_truns_of_skipped_tracks_cost_nothing_per_sample():
+    video = traf(2, *[trun(1_000_000)] * 49, default_size=0)  # 49M samples claimed in 800 bytes
+    size = len(moof(video, traf(1, trun(2, [10, 20], data_offset=0))))
+    fragment = moof(video, traf(1, trun(2, [10, 20], data_offset=size + 8))) + build_box(b"mdat", bytes(30))
+    (track,) = describe_bytes(audio_moov(sound_entry(b".mp3"), fragmented=True) + fragment * 4)["tracks"]
+    assert track["samples"] == 8  # took 20 s when every claimed sample was stepped over
+
+
+@pytest.mark.timeout(10)
+def test_samples_claimed_by_one_moof_are_capped():
+    data = fragmented_mp3(moof(traf(2, *[trun(50_000_000)] * 1000, default_size=0), traf(1, trun(1, [4]))))
+    with pytest.raises(LimitExceeded, match="more than 50000000 samples"):
+        describe_bytes(data)
+
+
+def test_fragments_that_reuse_the_same_bytes_are_refused():
+    head = audio_moov(sound_entry(b".mp3"), fragmented=True)
+    one = moof(traf(1, trun(1000), default_size=1, base=len(head)))  # 1000 one-byte frames from the file's start
+    with pytest.raises(MalformedMedia, match="overlap"):
+        describe_bytes(head + one * 2000)  # 2000 fragments of 1000 frames in 160 KB: 2M frames
+    before = moof(traf(1, trun(1, [4], data_offset=-1000)))
+    with pytest.raises(MalformedMedia, match="before the file"):
+        describe_bytes(head + before + build_box(b"mdat", bytes(8)))
