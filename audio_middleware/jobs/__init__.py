@@ -12,8 +12,11 @@ or mount it under any prefix of another WSGI server. See docs/jobs.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,18 +29,66 @@ from .worker import WorkerPool
 __all__ = ["JobApp", "Store", "create_app", "sign", "verify"]
 
 
+#: A generated key is 64 hex characters; a key file with fewer than this many is refused (empty, cut short).
+MIN_KEY_LENGTH = 32
+#: Seconds to wait for another process that is still writing the key file (an older version wrote it in place).
+KEY_WAIT = 2.0
+
+
 def _secret(data_dir: Path, secret: str | bytes | None) -> bytes:
-    """The HMAC key: the one given, else one generated once and kept in DATA_DIR/callback.key (0600)."""
+    """The HMAC key: the one given, else one generated once and kept in DATA_DIR/callback.key (0600).
+
+    Several processes may start together on a fresh data directory (gunicorn
+    workers): every one must end up with the same key, and never with an empty
+    one. So the key is written completely to a private temporary file first and
+    then hard-linked into place, which fails for all but one process; the others
+    read the winner's complete key.
+    """
     if secret:
         return secret.encode() if isinstance(secret, str) else bytes(secret)
     path = data_dir / "callback.key"
+    if not path.exists():
+        _publish_key(path)
+    return _read_key(path)
+
+
+def _publish_key(path: Path) -> None:
+    """Create ``path`` holding a new random key, atomically; do nothing if another process was first."""
+    fd, temp = tempfile.mkstemp(prefix=".callback.key.", suffix=".tmp", dir=path.parent)  # mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip().encode()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another process won: its key is the one
+        except OSError:  # no hard links on this file system: exclusive create (readers wait for the content)
+            with contextlib.suppress(FileExistsError):
+                _write_exclusive(path, Path(temp).read_text())
+    finally:
+        os.unlink(temp)
+
+
+def _write_exclusive(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+        handle.write(text)
+
+
+def _read_key(path: Path) -> bytes:
+    """The key in ``path``; waits briefly for one still being written, then refuses an empty or short one."""
+    deadline = time.monotonic() + KEY_WAIT
+    while True:
+        key = path.read_text().strip().encode()
+        if len(key) >= MIN_KEY_LENGTH:
+            return key
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{path} holds no usable callback key ({len(key)} characters, at least "
+                               f"{MIN_KEY_LENGTH} needed): delete it to generate a new one, or set "
+                               "callback_secret")
+        time.sleep(0.02)
 
 
 def create_app(data_dir: str | os.PathLike, tokens: Mapping[str, str],

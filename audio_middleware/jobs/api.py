@@ -58,6 +58,8 @@ URLS = Map([
 
 MAX_JSON = 64 * 1024
 MAX_ID = 128
+#: Event ids are SQLite integers: a cursor past the largest one is a client error, not an overflow.
+MAX_EVENT_ID = 2**63 - 1
 MAX_WAIT = 30.0
 BLOCK = 1024 * 1024
 CONTENT_TYPES = {Container.MP4: "video/mp4", Container.FLV: "video/x-flv"}
@@ -69,6 +71,15 @@ def _json(data: object, status: int = 200, headers: Mapping[str, str] | None = N
 
 def _error(error: ApiError) -> Response:
     return _json(error.body(), error.status, error.headers)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding lone surrogates: it cannot be encoded, stored or sent back."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class JobApp:
@@ -205,15 +216,18 @@ class JobApp:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
             raise ApiError(errors.INVALID_JSON, f"The request body is not valid JSON: {error}") from None
+        except RecursionError:  # 64 KiB of '[' parses to a nesting deeper than the interpreter's stack
+            raise ApiError(errors.INVALID_JSON, "The request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(errors.INVALID_PARAMETER, "The request body must be a JSON object")
         return body
 
     @staticmethod
     def _asset_id(value: object, where: str = "asset_id") -> str:
-        if not isinstance(value, str) or not value or len(value) > MAX_ID:
+        """A usable id: JSON strings may hold lone surrogates ("\\ud800"), which SQLite cannot store."""
+        if not isinstance(value, str) or not value or len(value) > MAX_ID or not _is_unicode(value):
             raise ApiError(errors.INVALID_PARAMETER, f"{where} must be a non-empty string of at most {MAX_ID} "
-                                                     "characters")
+                                                     "characters (valid Unicode)")
         return value
 
     @staticmethod
@@ -279,8 +293,9 @@ class JobApp:
             wait = float(request.args.get("wait", 0))
         except ValueError:
             raise ApiError(errors.INVALID_PARAMETER, "after and limit must be integers, wait a number") from None
-        if after < 0 or not 1 <= limit <= 1000 or not 0 <= wait <= MAX_WAIT:
-            raise ApiError(errors.INVALID_PARAMETER, f"need after >= 0, 1 <= limit <= 1000, 0 <= wait <= {MAX_WAIT}")
+        if not 0 <= after <= MAX_EVENT_ID or not 1 <= limit <= 1000 or not 0 <= wait <= MAX_WAIT:
+            raise ApiError(errors.INVALID_PARAMETER, f"need 0 <= after <= {MAX_EVENT_ID}, 1 <= limit <= 1000, "
+                                                     f"0 <= wait <= {MAX_WAIT}")
         deadline = time.monotonic() + wait
         while True:
             found = self.store.events(project_id, after, limit)

@@ -7,6 +7,14 @@ callback URL in the same transaction as the task's end (see
 next attempt after ``backoff * 2**(attempts - 1)`` seconds (capped), until
 ``max_attempts``. Deliveries live in SQLite, so a restart resumes them.
 
+Deliveries go out one after another, so one slow receiver must not hold up
+the others: each attempt reads only the response's status line and headers
+(``stream=True``, the body is never read) and is cut after ``timeout``
+seconds whatever the receiver does. ``requests``' own timeout bounds each
+socket read, not the attempt (a receiver sending one header byte per read
+would never time out), so a watchdog shuts down the attempt's socket at the
+deadline (:class:`_Deadline`); ``shutdown`` wakes the blocked read at once.
+
 Receivers verify the ``X-Audio-Signature`` header::
 
     expected = "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, "sha256").hexdigest()
@@ -17,14 +25,22 @@ where ``timestamp`` is the ``X-Audio-Timestamp`` header (Unix seconds) and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import os
+import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .store import Store
+
+if TYPE_CHECKING:
+    import requests
+    from urllib3 import PoolManager
 
 log = logging.getLogger("audio_middleware.jobs")
 
@@ -32,6 +48,140 @@ SIGNATURE_HEADER = "X-Audio-Signature"
 TIMESTAMP_HEADER = "X-Audio-Timestamp"
 EVENT_ID_HEADER = "X-Audio-Event-Id"
 EVENT_TYPE_HEADER = "X-Audio-Event-Type"
+
+
+#: The delivery attempt (a :class:`_Deadline`) running on this thread, for the connections it opens.
+_current = threading.local()
+
+
+class _Deadline:
+    """The sockets of one delivery attempt, shut down when the attempt outlives ``seconds``.
+
+    Why: the dispatcher is a single thread, and ``requests``' timeout is per
+    socket read, so a receiver trickling its status line, headers or TLS
+    handshake could hold every other callback forever. The connections the
+    attempt uses register their socket here (see :class:`_WatchedConnection`);
+    a timer shuts them down at the deadline, which makes the blocked ``recv``
+    return at once and the attempt fail. A duplicate descriptor is kept, not
+    the socket object, because TLS wrapping detaches the original socket.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._done = False
+        self.expired = False
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _current.deadline = None
+        with self._lock:
+            self._done = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()  # only our duplicate: a kept-alive connection stays usable
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Remember a socket of this attempt (cut at once if the deadline has already passed)."""
+        if sock is None:
+            return
+        try:
+            duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        except (OSError, ValueError):  # closed, or no descriptor to duplicate: nothing left to cut
+            return
+        with self._lock:
+            if self._done:
+                duplicate.close()
+                return
+            self._sockets.append(duplicate)
+            if self.expired:
+                _cut(duplicate)
+
+    def expire(self) -> None:
+        """The deadline passed (or the dispatcher stops): shut down every socket of the attempt."""
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for sock in self._sockets:
+                _cut(sock)
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut a socket down both ways: wakes a thread blocked reading or writing it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed or not connected: nothing is blocked on it
+        pass
+
+
+def _watch(sock: socket.socket | None) -> None:
+    deadline = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+class _WatchedConnection:
+    """Mixed into urllib3's connection classes: registers the socket with the running attempt's deadline.
+
+    ``_new_conn`` covers a new connection right after the TCP connect (before
+    any TLS handshake or proxy tunnel); ``request`` covers a kept-alive one.
+    """
+
+    sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _watch(sock)
+        return sock
+
+    def request(self, *args: object, **kwargs: object) -> object:
+        _watch(self.sock)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+@functools.cache
+def _watched_pool(pool_class: type) -> type:
+    """``pool_class`` with its connections registering their sockets (one class per pool class)."""
+    if issubclass(pool_class.ConnectionCls, _WatchedConnection):
+        return pool_class
+    connection = type(f"Watched{pool_class.ConnectionCls.__name__}", (_WatchedConnection, pool_class.ConnectionCls),
+                      {})
+    return type(f"Watched{pool_class.__name__}", (pool_class,), {"ConnectionCls": connection})
+
+
+def _watch_pools(manager: PoolManager) -> PoolManager:
+    """Make a urllib3 pool manager (direct or proxy) open watched connections."""
+    manager.pool_classes_by_scheme = {scheme: _watched_pool(pool) for scheme, pool
+                                      in manager.pool_classes_by_scheme.items()}
+    return manager
+
+
+def _session() -> requests.Session:
+    """A ``requests`` session whose connections can be cut by a :class:`_Deadline`."""
+    import requests  # only needed when callbacks are configured
+    from requests.adapters import HTTPAdapter
+
+    class WatchedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            _watch_pools(self.poolmanager)
+
+        def proxy_manager_for(self, proxy: str, **kwargs: object) -> PoolManager:
+            return _watch_pools(super().proxy_manager_for(proxy, **kwargs))
+
+    session = requests.Session()
+    adapter = WatchedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -70,21 +220,24 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._session = None
+        self._session: requests.Session | None = None
+        self._inflight: _Deadline | None = None
 
     def start(self) -> None:
         if self._thread is not None:
             return
-        import requests  # only needed when callbacks are configured
-
-        self._session = requests.Session()
+        self._session = _session()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="audio-jobs-callbacks", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; an attempt in flight is cut (its delivery stays pending, resumed at restart)."""
         self._stopping.set()
         self.wake()
+        inflight = self._inflight
+        if inflight is not None:
+            inflight.expire()
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
@@ -134,15 +287,9 @@ class Dispatcher:
         headers = {"Content-Type": "application/json", "User-Agent": "audio-middleware-jobs",
                    TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(self.secret, timestamp, body),
                    EVENT_ID_HEADER: str(row["event_id"]), EVENT_TYPE_HEADER: event["event_type"]}
-        error = None
-        try:
-            response = self._session.post(row["url"], data=body, headers=headers, timeout=self.timeout,
-                                          allow_redirects=False)
-            if not 200 <= response.status_code < 300:
-                error = f"HTTP {response.status_code}"
-            response.close()
-        except Exception as failure:  # noqa: BLE001 - requests raises many kinds; all mean "retry later"
-            error = f"{type(failure).__name__}: {failure}"
+        error = self._post(row["url"], body, headers)
+        if error is not None and self._stopping.is_set():
+            return  # cut by stop(): not the receiver's fault, the delivery stays pending as it was
         attempts = row["attempts"] + 1
         if error is None:
             self.store.record_delivery(row["event_id"], row["url"], delivered=True)
@@ -150,3 +297,27 @@ class Dispatcher:
         retry_at = time.time() + self.delay(attempts) if attempts < self.max_attempts else None
         log.warning("callback %s for event %s failed (attempt %d): %s", row["url"], row["event_id"], attempts, error)
         self.store.record_delivery(row["event_id"], row["url"], delivered=False, error=error, retry_at=retry_at)
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> str | None:
+        """POST one event within ``timeout`` seconds in all; None when answered 2xx, else why not.
+
+        Only the status matters: the body is never read (``stream=True``, then
+        closed), and the deadline cuts a receiver that trickles what comes
+        before it.
+        """
+        with _Deadline(self.timeout) as deadline:
+            self._inflight = deadline
+            if self._stopping.is_set():
+                deadline.expire()  # stop() came before it could see this attempt
+            try:
+                with self._session.post(url, data=body, headers=headers, timeout=self.timeout,
+                                        allow_redirects=False, stream=True) as response:
+                    if 200 <= response.status_code < 300:
+                        return None
+                    return f"HTTP {response.status_code}"
+            except Exception as failure:  # noqa: BLE001 - requests raises many kinds; all mean "retry later"
+                if deadline.expired:
+                    return f"Timeout: no answer within {self.timeout:g} s ({type(failure).__name__})"
+                return f"{type(failure).__name__}: {failure}"
+            finally:
+                self._inflight = None

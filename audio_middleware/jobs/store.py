@@ -8,7 +8,7 @@ process on the same data directory) sees exactly what was promised:
     DATA_DIR/jobs.sqlite3                          assets, tasks, events, deliveries
     DATA_DIR/assets/<project>/<asset_id>/<name>     uploaded or imported sources
     DATA_DIR/audio/<project>/<audio_asset_id>.<ext> extraction outputs
-    DATA_DIR/tmp/                                   uploads and outputs being written
+    DATA_DIR/tmp/HOST~PID~ID.*.part                 uploads and outputs being written (by process PID)
 
 Why SQLite and these statements: every state change is one short
 ``BEGIN IMMEDIATE`` transaction with a guarded ``UPDATE ... WHERE
@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import time
 import uuid
@@ -40,6 +41,8 @@ PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Output file extension and content type per task format.
 OUTPUTS = {"AAC": (".aac", "audio/aac"), "MP3": (".mp3", "audio/mpeg")}
 EVENT_TYPES = {SUCCEEDED: "extract_audio.succeeded", FAILED: "extract_audio.failed"}
+#: This host in temporary file names (file-name safe, never contains "~").
+HOST_TAG = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS assets (
@@ -111,12 +114,29 @@ def check_project(project_id: str) -> str:
     return project_id
 
 
+#: The longest file name most file systems take (NAME_MAX), in bytes of UTF-8.
+MAX_NAME_BYTES = 255
+
+
 def check_name(name: str) -> str:
-    """An asset name is a plain file name: it becomes the last part of a path in the store."""
-    if (not name or len(name) > 255 or name in (".", "..") or any(c in name for c in "/\\\0")
-            or not name.isprintable()):
-        raise ValueError("the name must be a plain file name (no path), 1-255 printable characters")
+    """An asset name is a plain file name: it becomes the last part of a path in the store.
+
+    Its length is counted in UTF-8 bytes, as the file system counts it: 128
+    "é" are 256 bytes, which ``open`` would refuse (ENAMETOOLONG).
+    """
+    if (not name or not name.isprintable()  # isprintable() also refuses lone surrogates (not UTF-8)
+            or len(name.encode("utf-8")) > MAX_NAME_BYTES or name in (".", "..") or any(c in name for c in "/\\\0")):
+        raise ValueError(f"the name must be a plain file name (no path), 1-{MAX_NAME_BYTES} bytes of printable "
+                         "UTF-8 characters")
     return name
+
+
+def partial_owner(path: Path) -> tuple[str, int] | None:
+    """(host tag, pid) of the process that writes a partial file; None for a name without them."""
+    parts = path.name.split("~")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 
 
 def task_json(row: dict) -> dict:
@@ -175,22 +195,43 @@ class Store:
         return self.root / relative
 
     def temp_path(self, suffix: str = "") -> Path:
-        return self.root / "tmp" / f"{new_id()}{suffix}.part"
+        """A new partial file name in tmp/ that names its writer (host and pid, see :func:`partial_owner`).
+
+        Why: a process killed mid-write never deletes its partial file; the
+        name lets a later start tell a dead writer's leftovers from the files
+        that live processes sharing the data directory are still writing.
+        """
+        return self.root / "tmp" / f"{HOST_TAG}~{os.getpid()}~{new_id()}{suffix}.part"
+
+    def partials(self) -> list[Path]:
+        """The partial files in tmp/ (of every process using this data directory)."""
+        try:
+            return [path for path in (self.root / "tmp").iterdir() if path.name.endswith(".part")]
+        except FileNotFoundError:  # tmp/ removed by hand: nothing to clean up
+            return []
 
     # -- assets ------------------------------------------------------------------------------------
 
     def adopt(self, project_id: str, name: str, temp: Path, content_type: str) -> dict:
-        """Move a complete temporary file into the asset tree and record it as a READY source asset."""
+        """Move a complete temporary file into the asset tree and record it as a READY source asset.
+
+        On any failure (file system, database) the asset's directory is removed
+        again: nothing is left that no row points to.
+        """
         asset_id = new_id()
         relative = Path("assets") / check_project(project_id) / asset_id / check_name(name)
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, target)
-        size = target.stat().st_size
-        with self.transaction() as db:
-            db.execute("INSERT INTO assets (asset_id, project_id, kind, name, path, size, content_type, state,"
-                       " created_at) VALUES (?, ?, 'source', ?, ?, ?, ?, 'READY', ?)",
-                       (asset_id, project_id, name, relative.as_posix(), size, content_type, time.time()))
+        try:
+            os.replace(temp, target)
+            size = target.stat().st_size
+            with self.transaction() as db:
+                db.execute("INSERT INTO assets (asset_id, project_id, kind, name, path, size, content_type, state,"
+                           " created_at) VALUES (?, ?, 'source', ?, ?, ?, ?, 'READY', ?)",
+                           (asset_id, project_id, name, relative.as_posix(), size, content_type, time.time()))
+        except BaseException:
+            shutil.rmtree(target.parent, ignore_errors=True)  # this asset's own directory (a fresh id)
+            raise
         return {"asset_id": asset_id, "name": name, "size": size}
 
     def import_file(self, project_id: str, source: str | os.PathLike, content_type: str,

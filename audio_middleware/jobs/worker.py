@@ -10,7 +10,9 @@ Tasks left RUNNING by a worker that is gone (its lease expired, its process on
 this host died, or its pool in this process was stopped) are put back in the
 queue by :meth:`WorkerPool.sweep`, which runs at start and then periodically.
 Stopping the pool aborts running extractions at their next progress tick and
-puts their tasks back in the queue: they are resumed, not lost.
+puts their tasks back in the queue: they are resumed, not lost. Partial files
+that a killed process left in tmp/ are deleted when a pool starts
+(:meth:`WorkerPool.remove_stale_partials`).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from collections.abc import Callable, Sequence
 from ..elementary import TranscodeUnavailable, write_audio
 from ..errors import AudioExtractionError, LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia
 from ..limits import Limits
-from .store import Store
+from .store import HOST_TAG, Store, partial_owner
 
 log = logging.getLogger("audio_middleware.jobs")
 HOST = socket.gethostname()
+#: Seconds after which a partial file nobody has written to is removed even when its writer cannot be checked.
+STALE_PARTIAL = 3600.0
 
 #: Owners (pools) alive in this process: a RUNNING task whose owner is of this process but not in here is orphaned.
 _LIVE: set[str] = set()
@@ -56,6 +60,11 @@ def owner_gone(owner: str | None) -> bool:
     if pid == os.getpid():
         with _LIVE_LOCK:
             return owner not in _LIVE
+    return pid_gone(pid)
+
+
+def pid_gone(pid: int) -> bool:
+    """True when no process ``pid`` exists on this host (one we may not signal still exists)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -129,6 +138,7 @@ class WorkerPool:
         self._stopping.clear()
         with _LIVE_LOCK:
             _LIVE.add(self.owner)
+        self.remove_stale_partials()
         if self.size:
             self.sweep()
         for number in range(self.size):
@@ -169,6 +179,37 @@ class WorkerPool:
                 log.warning("task %s of %s requeued (owner gone or lease expired)", row["audio_asset_id"], row["owner"])
                 count += 1
         return count
+
+    def remove_stale_partials(self) -> int:
+        """Delete partial files in tmp/ whose writer is gone; returns how many.
+
+        Why: a process killed mid-upload or mid-extraction (SIGKILL, OOM,
+        power loss) never runs its own cleanup, and its partial would stay
+        forever. A partial's name carries its writer's host and pid: one of
+        this host whose process has exited is deleted. One whose writer cannot
+        be checked (another host, a name from an older version, a pid that may
+        have been reused) is deleted only once nobody has written to it for
+        ``max(lease, STALE_PARTIAL)`` seconds. This process's own partials are
+        in flight (uploads) and always kept.
+        """
+        untouched_since = time.time() - max(self.lease, STALE_PARTIAL)
+        removed = 0
+        for path in self.store.partials():
+            owner = partial_owner(path)
+            if owner == (HOST_TAG, os.getpid()):
+                continue
+            gone = owner is not None and owner[0] == HOST_TAG and pid_gone(owner[1])
+            try:
+                if gone or path.stat().st_mtime < untouched_since:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # another process cleaned it up first
+            except OSError as error:
+                log.warning("could not remove the stale partial file %s: %s", path, error)
+        if removed:
+            log.info("removed %d partial file(s) left in tmp/ by processes that are gone", removed)
+        return removed
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
