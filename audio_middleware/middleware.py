@@ -312,11 +312,13 @@ class AudioOnlyMiddleware:
     @staticmethod
     def _cache_key(environ: dict, upstream_environ: dict, validators: Validators, container: Container,
                    selection: Selection) -> tuple | None:
-        """The plan cache's key: the resource, its validators and the selection (None: never cached)."""
+        """The plan cache's key: the resource (with its host: virtual hosts may serve different files at
+        one path, with equal validators when a deploy stamps every file with one time), its validators
+        and the selection (None: never cached)."""
         if validators.source is None:
             return None
-        return (environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""), upstream_environ["QUERY_STRING"],
-                validators.source, container.value, selection.key)
+        return (_origin(environ), environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""),
+                upstream_environ["QUERY_STRING"], validators.source, container.value, selection.key)
 
     def _plan(self, container: Container, source: Source, upstream: Upstream, upstream_environ: dict,
               selection: Selection, key: tuple | None, environ: dict, planned: Plan | None = None
@@ -411,7 +413,9 @@ class AudioOnlyMiddleware:
         if isinstance(plan, LazyPlan):
             stop_retaining(source)  # planning is over
             lazy = plan
-            if key is not None and not head and self.cache.max_entries:
+            if key is not None and not head and self.cache.max_entries and source.size is not None:
+                # Only with a Content-Length: without one, a body cut short at a tag or fragment
+                # boundary ends like a complete one, and its short plan must not be kept.
                 lazy = LazyPlan(recording(plan, self.cache.max_bytes, partial(self.cache.put, key)),
                                 plan.content_type, plan.info)
             first = next(lazy.pieces, None)  # errors found before the first byte become HTTP errors
@@ -578,9 +582,14 @@ def _encoded(headers: Headers) -> bool:
 
 def _store_tag(environ: dict, upstream_environ: dict, validators: Validators) -> str:
     """The rendition store's tag: the strong ETag, scoped to the resource (an ETag is only unique per URL)."""
-    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
     path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
-    return f"{validators.etag} {host.lower()}{path}?{upstream_environ['QUERY_STRING']}"
+    return f"{validators.etag} {_origin(environ)}{path}?{upstream_environ['QUERY_STRING']}"
+
+
+def _origin(environ: dict) -> str:
+    """``scheme://host`` of the request (PEP 3333's URL reconstruction, host lower-cased)."""
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{host.lower()}"
 
 
 def _tell(fileobj: object) -> int:

@@ -499,7 +499,45 @@ def test_seek_end_beyond_media_and_zero_start():
     assert len([1 for kind, _, _ in parse(lazy_out) if kind == AUDIO]) == 51
 
 
-@pytest.mark.parametrize("start, end, error", [(6.0, None, RangeNotSatisfiable), (0.01, 0.05, RangeNotSatisfiable),
+def audio_stamps(out: bytes) -> list[int]:
+    """Timestamps of the audio frames of an output (decoder configuration tags left out)."""
+    return [ts for kind, ts, payload in parse(out) if kind == AUDIO and payload != AAC_CONFIG]
+
+
+def test_a_window_inside_one_frame_keeps_that_frame():
+    """The frame that contains ``start`` is kept even when the next one starts at or after ``end``."""
+    for out in both(seek_file(), start=0.01, end=0.05):
+        assert audio_stamps(out) == [0]
+    for out in both(seek_file(), start=1.52, end=1.53):
+        assert audio_stamps(out) == [1500]
+
+
+@pytest.mark.parametrize("start, end, expected", [
+    (1.019, None, [1019, 1045, 1985, 2011, 2038, 2064]),
+    (None, 2.011, [0, 993, 1019, 1045, 1985]),
+    (2.011, 2.038, [2011]),
+    (1.02, 1.045, [1019]),
+])
+def test_window_bounds_are_exact_milliseconds(start, end, expected):
+    """2.011 s is 2011.0000000000002 ms in binary floating point: no frame may move across a bound for that."""
+    stamps = [0, 993, 1019, 1045, 1985, 2011, 2038, 2064]
+    data = flv(script("onMetaData", metadata()), aac_config(), *[aac(ts) for ts in stamps])
+    for out in both(data, start=start, end=end):
+        assert audio_stamps(out) == expected
+
+
+def test_a_stream_whose_probe_stops_inside_the_window_keeps_the_frame_that_contains_start():
+    """The look-ahead may stop (flv_probe_bytes) after the frame that contains ``start``: streaming goes on
+    with it remembered, so the streamed rendition equals the file-backed one."""
+    data = seek_file()
+    limits = Limits(flv_probe_bytes=data.index(aac(1500)) - 13 + 10)  # the bound falls after the 1500 ms frame
+    indexed = plan_flv(index_source(data), limits, start=1.55)
+    lazy_source = stream_source(data)
+    lazy = render(plan_flv(lazy_source, limits, start=1.55), lazy_source)
+    assert lazy == render(indexed, index_source(data)) and audio_stamps(lazy)[:2] == [1500, 1600]
+
+
+@pytest.mark.parametrize("start, end, error", [(6.0, None, RangeNotSatisfiable),
                                                (3.0, 3.0, InvalidRequest), (5.0, 4.0, InvalidRequest)])
 def test_seek_without_audio_in_window(start, end, error):
     data = seek_file()

@@ -84,6 +84,43 @@ def test_flv_forward_only_is_streamed_without_length(media):
     assert headers["Accept-Ranges"] == "none"
 
 
+def _flv_tag_boundary(data: bytes) -> int:
+    """The offset of a tag about half way into an FLV file (where a cut leaves a well-formed, shorter file)."""
+    position = int.from_bytes(data[5:9], "big") + 4
+    while position < len(data) // 2:
+        position += 11 + int.from_bytes(data[position + 1:position + 4], "big") + 4
+    return position
+
+
+def test_a_stream_cut_short_without_content_length_is_not_recorded(media):
+    """Without a Content-Length, a body cut at a tag boundary ends like a complete one: its plan must not be
+    kept, or the next (complete) answers would be the short rendition, sized and seekable."""
+    path = media("flv_aac")
+    upstream = GeneratorApp(path, "video/x-flv", send_length=False, truncate_at=_flv_tag_boundary(path.read_bytes()))
+    middleware = AudioOnlyMiddleware(upstream)
+    short = call(middleware)[2]
+    upstream.truncate_at = None
+    status, headers, full = call(middleware)
+    assert status == "200 OK" and len(full) > len(short) and "Content-Length" not in dict(headers)
+    media_toolkit.assert_audio_identical(path, full)
+
+
+def test_the_plan_cache_keeps_virtual_hosts_apart(media):
+    """Two hosts serve different files at one path with the same validators (a deploy that stamps every file
+    with one time, an app whose ETag is a release number)."""
+    files = {"a.example": media("mp4_faststart"), "b.example": media("mp4_moov_end")}
+    apps = {host: FileApp(path, etag='"release-7"') for host, path in files.items()}
+
+    def by_host(environ, start_response):
+        return apps[environ["HTTP_HOST"]](environ, start_response)
+
+    middleware = AudioOnlyMiddleware(by_host)
+    for host, path in [*files.items(), *files.items()]:
+        status, _, body = call(middleware, HTTP_HOST=host)
+        assert status == "200 OK"
+        media_toolkit.assert_audio_identical(path, body)
+
+
 def test_unflagged_request_returns_the_apps_own_iterable(media):
     path = media("mp4_faststart")
     upstream = GeneratorApp(path)

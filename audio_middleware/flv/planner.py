@@ -51,7 +51,9 @@ Behaviours decided here (and tested):
   past ``end`` (audio timestamps are taken as non-decreasing). Script tags are
   kept if they come before the first audio tag or fall inside the window.
   ``onMetaData.duration`` becomes ``min(end, duration) - start`` when the file
-  states a duration. No audio frame in the window: :class:`RangeNotSatisfiable`
+  states a duration. A window inside one frame gets that frame. Bounds are
+  compared in whole milliseconds rounded to a nanosecond (2.011 s is 2011 ms,
+  not 2011.0000000000002). No audio frame in the window: :class:`RangeNotSatisfiable`
   (416); ``end <= start``: :class:`InvalidRequest` (400). A NaN or infinite
   bound is a ``ValueError`` (the middleware refuses those first).
 - ``filesize`` (any spelling, e.g. OBS's ``fileSize``) is removed, in both
@@ -145,8 +147,10 @@ class Window:
         for name, value in (("start", start), ("end", end)):
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
-        start_ms = max(start, 0.0) * 1000.0 if start is not None else 0.0
-        end_ms = end * 1000.0 if end is not None else math.inf
+        # Rounded to a nanosecond: 2.011 s is 2011.0000000000002 ms in binary floating point, and tag
+        # timestamps are whole milliseconds (MP4 clipping has the same slack, TICK_SLACK).
+        start_ms = round(max(start, 0.0) * 1000.0, 6) if start is not None else 0.0
+        end_ms = round(end * 1000.0, 6) if end is not None else math.inf
         if end_ms <= start_ms:
             raise InvalidRequest(f"empty time range: start={start} end={end}")
         return cls(start, end, start_ms, end_ms)
@@ -395,6 +399,7 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
     frames = 0
     last_ts = None
     before_start: tuple[int, int] | None = None  # the frame that contains ``start``
+    before_start_ts = 0
     for pos, kind, size, ts, peek in _tags(source, header.data_offset + 4, INDEX_WINDOW):
         if kind & TYPE_MASK == TAG_AUDIO:
             if not seen_audio:
@@ -405,6 +410,9 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
                 frames += 1
                 last_ts = ts
             elif ts >= end_ms:
+                if not frames and before_start is not None:  # the window lies inside that one frame
+                    out.copy(source, *before_start)
+                    frames, last_ts = 1, before_start_ts
                 break
             elif is_audio_config(peek, size):
                 out.copy(source, pos, size)
@@ -415,7 +423,7 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
                 frames += 1
                 last_ts = ts
             else:
-                before_start = (pos, size)
+                before_start, before_start_ts = (pos, size), ts
         elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(window, seen_audio, ts):
             if size >= len(METADATA_PREFIX) and not kind & FILTER_BIT and _is_metadata(source, pos):
                 tag = _read_script(source, pos, size, limits)
@@ -492,7 +500,11 @@ class _Probe:
         """Handle an audio tag; True when it is the first kept frame (its Span ends the probe)."""
         window = self.window
         if ts >= window.end_ms:
-            raise _no_audio(window, True)
+            if self.before_start is None:
+                raise _no_audio(window, True)
+            self.hold(self.before_start)  # the window lies inside that one frame
+            self.found_frame = True
+            return True
         if not self.seen_audio:
             self.seen_audio = True
             _audio_info(self.info, peek)
@@ -535,19 +547,26 @@ def _lazy_pieces(source: Source, limits: Limits, window: Window, info: dict) -> 
     pos = probe.run(header.data_offset + 4)
     info.setdefault("duration", None)
     yield from coalesce(probe.held)
-    yield from _stream(source, limits, window, pos, probe.found_frame)
+    yield from _stream(source, limits, window, pos, probe.found_frame, probe.before_start)
 
 
-def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bool) -> Iterator[Piece]:
-    """Yield audio tags from ``pos`` on; a tag header is read only after the previous span was consumed."""
+def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bool,
+            before_start: bytes | None = None) -> Iterator[Piece]:
+    """Yield audio tags from ``pos`` on; a tag header is read only after the previous span was consumed.
+
+    ``before_start``: the frame that contains ``start``, when the probe met it but
+    stopped (at its byte bound) before the first kept frame.
+    """
     source_size = source.size
     windowed = window.active
     start_ms, end_ms = window.start_ms, window.end_ms
-    before_start: bytes | None = None  # the frame that contains ``start`` (when the probe stopped early)
     for pos, kind, size, ts, peek in _tags(source, pos):  # noqa: B020 - the walker owns the position
         if kind & TYPE_MASK == TAG_AUDIO:
             if windowed:
                 if ts >= end_ms:
+                    if not frames and before_start is not None:  # the window lies inside that one frame
+                        yield Literal(before_start)
+                        frames = True
                     break
                 if ts < start_ms and not is_audio_config(peek, size):
                     before_start = read_exact(source, pos, TAG_OVERHEAD + size, f"the audio tag at byte {pos}")
