@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import NoAudioTrack, echo
 from .flv import plan_flv
 from .limits import Limits
 from .mp4 import plan_mp4
@@ -42,6 +43,8 @@ def plan_source(container: Container, source: Source, limits: Limits, selection:
     its media data (see :func:`~audio_middleware.mp4.plan_mp4`).
     """
     if container is Container.FLV:
+        if selection.track not in (None, "", "1"):  # as for an MP4 without that track: 404
+            raise NoAudioTrack(f"no audio track {echo(selection.track)} (an FLV file has one, without a language)")
         return plan_flv(source, limits, start=selection.start, end=selection.end)
     return plan_mp4(source, limits, track=selection.track, start=selection.start, end=selection.end,
                     skip_media=skip_media)

@@ -645,6 +645,15 @@ def test_fragmented_track_selection(media, tmp_path):
     media_toolkit.assert_audio_identical(fragmented, response.body, tracks=[1])
 
 
+@pytest.mark.parametrize("selector, status", [("1", 200), ("2", 404), ("eng", 404)])
+def test_an_flv_has_one_audio_track(media, selector, status):
+    _, client = serve(media("flv_aac"), "file")
+    response = client.get(f"/v.flv?ali_audio_only=1&audio_track={selector}", status="*")
+    assert response.status_int == status
+    if status == 200:
+        media_toolkit.assert_audio_identical(media("flv_aac"), response.body)
+
+
 @pytest.mark.parametrize("selector", ["3", "0", "deu"])
 def test_unknown_track_is_404(media, selector):
     _, client = serve(media("mp4_two_audio"), "file")
