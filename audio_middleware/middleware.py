@@ -74,8 +74,9 @@ VIDEO_EXTENSION = re.compile(r"\.(?:mp4|mov|m4v|f4v)(?=[\"';\s]|$)", re.IGNORECA
 UPSTREAM_DROPPED = ("HTTP_RANGE", "HTTP_IF_RANGE", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_MATCH",
                     "HTTP_IF_UNMODIFIED_SINCE", "HTTP_ACCEPT_ENCODING")
 #: Response headers that describe the video bytes (or the hop) and never the audio rendition.
-RESPONSE_DROPPED = ("Content-Length", "Content-Type", "ETag", "Content-Range", "Accept-Ranges", "Content-MD5",
-                    "Digest", "Content-Digest", "Repr-Digest", "Transfer-Encoding", "Connection", "Keep-Alive")
+RESPONSE_DROPPED = ("Content-Length", "Content-Type", "ETag", "Content-Range", "Accept-Ranges", "Content-Location",
+                    "Content-MD5", "Digest", "Content-Digest", "Repr-Digest", "Transfer-Encoding", "Connection",
+                    "Keep-Alive")
 
 
 class AudioOnlyMiddleware:
@@ -182,11 +183,11 @@ class AudioOnlyMiddleware:
         """
         server_wrapper = environ.get("wsgi.file_wrapper")
         if upstream.status_code != 200 or _encoded(upstream.headers):
-            return upstream.pass_through(start_response, server_wrapper, head=head)
+            return self._pass_through(environ, start_response, upstream, server_wrapper, None, head)
         mimetype = parse_options_header(upstream.headers.get("Content-Type", ""))[0]
         declared, worth_sniffing = by_content_type(mimetype)
         if declared is None and not worth_sniffing:
-            return upstream.pass_through(start_response, server_wrapper, head=head)
+            return self._pass_through(environ, start_response, upstream, server_wrapper, None, head)
 
         source = self._initial_source(upstream)
         found = by_signature(source.read(0, 16))
@@ -194,18 +195,10 @@ class AudioOnlyMiddleware:
             if declared is not None:
                 raise MalformedMedia(f"body served as {mimetype} is not a valid {declared.value.upper()} file")
             replay = None if source.random_access else source.replay()  # type: ignore[union-attr]
-            return upstream.pass_through(start_response, server_wrapper, replay, head=head)
+            return self._pass_through(environ, start_response, upstream, server_wrapper, replay, head)
 
         validators = validators_for(upstream.headers, (found.value, selection.key))
         base_headers = self._base_headers(upstream.headers, validators, found)
-        if precondition_failed(environ, validators):
-            raise _PreconditionFailed()
-        if not_modified(environ, validators):
-            close_quietly(upstream)
-            source.close()
-            remove_entity_headers(base_headers)
-            start_response("304 Not Modified", base_headers.to_wsgi_list())
-            return []
 
         stored_as = None
         if self.renditions is not None and validators.strong:
@@ -419,11 +412,17 @@ class AudioOnlyMiddleware:
                 lazy = LazyPlan(recording(plan, self.cache.max_bytes, partial(self.cache.put, key)),
                                 plan.content_type, plan.info)
             first = next(lazy.pieces, None)  # errors found before the first byte become HTTP errors
+            answered = self._preconditions(environ, start_response, validators, headers, upstream, source, lazy.pieces)
+            if answered is not None:
+                return answered
             pieces = lazy.pieces if first is None else chain([first], lazy.pieces)
-            if self.range_policy == "reject" and environ.get("HTTP_RANGE"):
+            if self.range_policy == "reject" and _ranged(environ):
                 raise _Unsatisfiable(None)
             headers["Accept-Ranges"] = "none"
         else:
+            answered = self._preconditions(environ, start_response, validators, headers, upstream, source)
+            if answered is not None:
+                return answered
             status, start, stop = self._sized(environ, headers, plan.length, validators)
             every_byte = stop - start == plan.length
             pieces = plan.pieces if status == "200 OK" else plan.slice(start, stop)
@@ -457,13 +456,39 @@ class AudioOnlyMiddleware:
             self.renditions.fill_in_background(  # type: ignore[union-attr]
                 key, plan.content_type, partial(iter_plan_bytes, plan.pieces, copy, self.block_size), copy.close)
 
+    def _preconditions(self, environ: dict, start_response: Callable, validators: Validators, headers: Headers,
+                       *resources: object) -> list[bytes] | None:
+        """RFC 9110 13.2.2, evaluated once the answer is known to be a 2xx (a 404, 416 or 502 ignores
+        them, 13.2.1): raise the 412, or send the 304 (closing ``resources``), or None to go on."""
+        if precondition_failed(environ, validators):
+            raise _PreconditionFailed()
+        if not not_modified(environ, validators):
+            return None
+        for resource in resources:
+            close_quietly(resource)
+        headers = Headers(headers)
+        remove_entity_headers(headers)
+        start_response("304 Not Modified", headers.to_wsgi_list())
+        return []
+
+    def _pass_through(self, environ: dict, start_response: Callable, upstream: Upstream,
+                      server_wrapper: Callable | None, body: Iterable[bytes] | None, head: bool) -> Iterable[bytes]:
+        """The app's answer as it is; for a 200, the conditional headers it never saw (they were taken
+        off its request) are evaluated against its own validators."""
+        if upstream.status_code == 200:
+            own = Validators(None, upstream.headers.get("ETag"), upstream.headers.get("Last-Modified"))
+            answered = self._preconditions(environ, start_response, own, upstream.headers, upstream)
+            if answered is not None:
+                return answered
+        return upstream.pass_through(start_response, server_wrapper, body, head=head)
+
     def _sized(self, environ: dict, headers: Headers, length: int, validators: Validators) -> tuple[str, int, int]:
         """Status and output bytes ``[start, stop)`` for a rendition of known ``length`` (Range applied).
 
         Sets Content-Length, Content-Range and Accept-Ranges; an unsatisfiable or rejected range raises.
         """
         status, start, stop = "200 OK", 0, length
-        if self.range_policy != "ignore" and environ.get("HTTP_RANGE"):
+        if self.range_policy != "ignore" and _ranged(environ):
             answer = answer_range(environ, length, validators)
             if self.range_policy == "reject" or not answer.satisfiable:
                 raise _Unsatisfiable(length)
@@ -483,6 +508,9 @@ class AudioOnlyMiddleware:
         body is not needed.
         """
         try:
+            answered = self._preconditions(environ, start_response, validators, headers, upstream, source, hit.file)
+            if answered is not None:
+                return answered
             headers["Content-Type"] = hit.content_type
             status, start, stop = self._sized(environ, headers, hit.length, validators)
             start_response(status, headers.to_wsgi_list())
@@ -526,7 +554,7 @@ class _PreconditionFailed(AudioExtractionError):
     http_status = 412
 
     def __init__(self) -> None:
-        super().__init__("If-Match or If-Unmodified-Since failed for the audio rendition")
+        super().__init__("If-Match or If-Unmodified-Since failed")
 
 
 class _Unsatisfiable(AudioExtractionError):
@@ -535,6 +563,11 @@ class _Unsatisfiable(AudioExtractionError):
     def __init__(self, length: int | None) -> None:
         super().__init__("the requested range is not satisfiable for the audio rendition")
         self.length = length
+
+
+def _ranged(environ: dict) -> bool:
+    """A Range to act on: only GET defines range handling, a Range on HEAD is ignored (RFC 9110 14.2)."""
+    return bool(environ.get("HTTP_RANGE")) and environ.get("REQUEST_METHOD", "GET") == "GET"
 
 
 def _file_wrapper(environ: dict) -> Callable:

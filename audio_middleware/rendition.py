@@ -124,6 +124,10 @@ def answer_range(environ: dict, length: int, validators: Validators) -> RangeAns
     parsed = _honoured_range(environ, validators)
     if parsed is None:
         return RangeAnswer()
+    start, stop = parsed.ranges[0]
+    if start < 0 and stop is None and length:
+        # a suffix longer than the body is the whole body (RFC 9110 14.1.2), not a 416
+        return RangeAnswer(max(0, length + start), length, partial=True)
     found = parsed.range_for_length(length)
     if found is None:
         return RangeAnswer(satisfiable=False)

@@ -455,6 +455,45 @@ def test_every_range_split_reassembles_the_body(media):
         assert b"".join(parts) == full
 
 
+@pytest.mark.parametrize("source", ["file", "generator"])
+@pytest.mark.parametrize("kind", ["mp4_faststart", "flv_aac"])
+def test_a_suffix_longer_than_the_rendition_is_all_of_it(media, kind, source):
+    """RFC 9110 14.1.2: ``bytes=-N`` with N past the length means the whole representation, as a 206."""
+    path = media(kind)
+    _, client = serve(path, source)
+    full = client.get("/v?ali_audio_only=1").body
+    for suffix in (len(full), len(full) + 1, 10**12):
+        part = client.get("/v?ali_audio_only=1", headers={"Range": f"bytes=-{suffix}"}, status=206)
+        assert part.body == full and part.headers["Content-Range"] == f"bytes 0-{len(full) - 1}/{len(full)}"
+
+
+@pytest.mark.parametrize("source", ["file", "generator"])
+@pytest.mark.parametrize("kind", ["mp4_faststart", "flv_aac", "mp4_fragmented"])
+def test_a_range_on_head_is_ignored(media, kind, source):
+    """RFC 9110 14.2: range handling is defined for GET only; HEAD answers as a GET without Range would."""
+    _, client = serve(media(kind), source)
+    plain = client.head("/v?ali_audio_only=1")
+    ranged = client.head("/v?ali_audio_only=1", headers={"Range": "bytes=0-99"})
+    assert ranged.status_int == plain.status_int == 200 and "Content-Range" not in ranged.headers
+    assert ranged.headers.get("Content-Length") == plain.headers.get("Content-Length")
+
+
+def test_the_videos_content_location_is_not_the_renditions(media):
+    upstream = FileApp(media("mp4_faststart"))
+    client = TestApp(AudioOnlyMiddleware(_with_header(upstream, "Content-Location", "/videos/v.mp4")))
+    etag = client.get("/v.mp4?ali_audio_only=1").headers["ETag"]
+    for headers, status in (({}, 200), ({"Range": "bytes=0-9"}, 206), ({"If-None-Match": etag}, 304)):
+        response = client.get("/v.mp4?ali_audio_only=1", headers=headers, status=status)
+        assert "Content-Location" not in response.headers
+
+
+def _with_header(app, name, value):
+    def wrapped(environ, start_response):
+        return app(environ, lambda status, headers, exc_info=None: start_response(status, [*headers, (name, value)],
+                                                                                    exc_info))
+    return wrapped
+
+
 def test_unsatisfiable_range_is_416(mp4_client):
     _, client = mp4_client
     length = len(full_body(client))
@@ -540,6 +579,33 @@ def test_if_match_and_if_unmodified_since_get_412_in_rfc_9110_order(mp4_client):
             assert response.headers["Content-Type"].startswith("text/plain")
     assert not any("HTTP_IF_MATCH" in env or "HTTP_IF_UNMODIFIED_SINCE" in env for env in upstream.environs)
     assert upstream.closes == upstream.bodies
+
+
+def test_preconditions_are_ignored_when_the_answer_would_be_an_error(media):
+    """RFC 9110 13.2.1: no 304 or 412 for a rendition that does not exist (a track that is not there,
+    a window past the end): the error it would get without them."""
+    _, client = serve(media("mp4_faststart"), "file")
+    for headers in ({"If-None-Match": "*"}, {"If-Match": '"x"'},
+                    {"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}):
+        client.get("/v.mp4?ali_audio_only=1&audio_track=9", headers=headers, status=404)
+        client.get("/v.mp4?ali_audio_only=1&start=1000", headers=headers, status=416)
+
+
+@pytest.mark.parametrize("upstream", [
+    StaticApp("200 OK", [("Content-Type", "video/mp4"), ("Content-Encoding", "gzip"), ("ETag", '"g1"')], b"\x1f\x8b.."),
+    StaticApp("200 OK", [("Content-Type", "text/html"), ("ETag", '"h1"'),
+                         ("Last-Modified", "Wed, 21 Oct 2026 07:28:00 GMT")], b"<html>"),
+], ids=["gzip video", "html"])
+def test_an_answer_passed_through_gets_the_conditionals_the_app_never_saw(upstream):
+    """The conditional headers are taken off the app's request: for an answer we pass through, we evaluate
+    them against the app's own validators."""
+    middleware = AudioOnlyMiddleware(upstream)
+    etag = dict(upstream.fixed_headers)["ETag"]
+    assert call(middleware, HTTP_IF_MATCH='"other"')[0].startswith("412")
+    status, headers, body = call(middleware, HTTP_IF_NONE_MATCH=etag)
+    assert status.startswith("304") and body == b"" and dict(headers)["ETag"] == etag
+    assert call(middleware, HTTP_IF_MATCH=etag)[::2] == ("200 OK", upstream.payload)
+    assert upstream.closes == upstream.bodies == 3
 
 
 def test_if_none_match_without_a_rendition_etag_is_never_a_304(media):
