@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -239,6 +240,29 @@ class _Sink:
             raise
 
 
+class _WholeWrites:
+    """A raw stdout whose ``write`` writes every byte or raises.
+
+    A raw file's ``write()`` may write part of a block (a pipe whose reader left
+    while it waited) and say so only in its return value, which the writers
+    here do not check: the rest would be lost and the command end in success.
+    Writing on raises the real error (EPIPE: exit 141).
+    """
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            written = self._raw.write(view)
+            view = view[written or 0:]
+        return len(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
 def _detach_stdout() -> None:
     """Point stdout at the null device, so that the flush at exit cannot fail (and print) again.
 
@@ -450,7 +474,9 @@ def _to_stdout(args: argparse.Namespace, fmt: str) -> int:
         raise _UsageError("--json prints a summary on stdout; it cannot be combined with -o -")
     if sys.stdout.isatty():
         raise _UsageError("refusing to write binary audio to a terminal (redirect stdout or use -o FILE)")
-    stdout = sys.stdout.buffer
+    stdout: IO[bytes] = sys.stdout.buffer
+    if isinstance(stdout, io.RawIOBase):  # python -u / PYTHONUNBUFFERED
+        stdout = cast(IO[bytes], _WholeWrites(stdout))
     bar = _progress(args, "stdout")
     try:
         summary = _extract(args, fmt, stdout, STDOUT, bar)

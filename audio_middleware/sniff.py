@@ -40,7 +40,7 @@ def by_content_type(mimetype: str) -> tuple[Container | None, bool]:
 
 def by_signature(head: bytes) -> Container | None:
     """The container the first bytes announce, if any."""
-    if head[:3] == b"FLV" and len(head) >= 9 and head[3] == 1:
+    if head[:3] == b"FLV" and len(head) >= 9:  # a version other than 1 is refused later: valid, unsupported (501)
         return Container.FLV
     if len(head) >= 8:
         size, kind = struct.unpack_from(">I4s", head)

@@ -8,6 +8,7 @@ exit statuses.
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -474,6 +476,24 @@ def test_stdout_closed_by_its_reader_exits_141_quietly(copy, argv):
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, b"")
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="needs Linux pipe sizes")
+def test_an_unbuffered_stdout_closed_mid_write_is_not_a_success(copy):
+    """With PYTHONUNBUFFERED, stdout's write() may write part of a block when the reader leaves: that must end
+    as 141 (the rest cannot be written), not 0 after silently dropping it."""
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 8192)  # two pages: the 49 KB write fills them, blocks, then returns part
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "audio_middleware", copy("mp4_faststart"), "-o", "-"],
+                                   stdout=write, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        os.close(write)
+    assert len(os.read(read, 100)) == 100  # the writer then blocks inside its 47 KB write of the audio
+    time.sleep(0.2)
+    os.close(read)
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (141, b"")
 
 
 def test_stdout_write_error_is_exit_5(copy):

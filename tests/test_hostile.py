@@ -1275,12 +1275,12 @@ def test_flv_data_offset_out_of_range(header):
 
 
 def test_flv_version_other_than_1():
-    """Not sniffed as FLV (so a 502 when served as video/x-flv); the planner itself says unsupported."""
+    """Sniffed as FLV by its signature; the planner says unsupported: a 501, as docs/hardening.md says."""
     data = flv_file(*interleaved(2), header=flv_header(version=2))
     for source in ("file", "stream"):
         assert isinstance(fz.plan_and_emit(data, source, Container.FLV, Limits()).error, UnsupportedMedia)
     response = fz.check_middleware(data, sources=("file", "generator"), oracle=False)
-    assert all(r.status.startswith("502") for r in response.values())
+    assert all(r.status.startswith("501") for r in response.values())
 
 
 def test_flv_script_tag_larger_than_the_limit():

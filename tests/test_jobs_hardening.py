@@ -276,3 +276,26 @@ def test_partials_of_dead_processes_are_removed_at_start(tmp_path, apps, live_pr
     apps.append(app)
     left = set(os.listdir(store.root / "tmp"))
     assert left == kept and not left & removed
+
+
+def test_callbacks_without_requests_refuse_to_start_in_one_line(tmp_path, monkeypatch):
+    """The callbacks need the 'jobs' extra: without requests, starting says so instead of a traceback."""
+    import builtins
+
+    from audio_middleware.jobs import create_app
+
+    real_import = builtins.__import__
+
+    def no_requests(name, *args, **kwargs):
+        if name == "requests" or name.startswith("requests."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_requests)
+    app = create_app(tmp_path / "data", tokens={"t": "p"}, callback_urls=["http://127.0.0.1:9/hook"], workers=0,
+                     start=False)
+    try:
+        with pytest.raises(RuntimeError, match=r"audio_middleware\[jobs\]"):
+            app.start()
+    finally:
+        app.close()

@@ -203,6 +203,15 @@ def test_app_sees_a_plain_get_for_the_whole_file(media):
     assert "HTTP_RANGE" not in environ and "HTTP_IF_NONE_MATCH" not in environ
 
 
+@pytest.mark.parametrize("content_type", ["video/x-flv", "application/octet-stream"])
+def test_an_flv_of_another_version_is_valid_but_unsupported(media, content_type):
+    data = bytearray(media("flv_aac").read_bytes())
+    data[3] = 2
+    upstream = StaticApp("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(data)))], bytes(data))
+    status, headers, body = call(AudioOnlyMiddleware(upstream))
+    assert status.startswith("501") and b"version" in body
+
+
 def test_video_only_is_404_with_reason(media):
     for kind in ("mp4_video_only", "flv_video_only"):
         path = media(kind)

@@ -132,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _import(argv[1:])
     if argv[:1] == ["serve"]:
         argv = argv[1:]
-    return _serve(argv)
+    try:
+        return _serve(argv)
+    except RuntimeError as error:  # a setup the server cannot run with (a missing extra, a bad key file)
+        sys.stderr.write(f"audio_middleware.jobs: {error}\n")
+        return 2
 
 
 if __name__ == "__main__":

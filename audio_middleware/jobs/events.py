@@ -166,8 +166,11 @@ def _watch_pools(manager: PoolManager) -> PoolManager:
 
 def _session() -> requests.Session:
     """A ``requests`` session whose connections can be cut by a :class:`_Deadline`."""
-    import requests  # only needed when callbacks are configured
-    from requests.adapters import HTTPAdapter
+    try:
+        import requests  # only needed when callbacks are configured
+        from requests.adapters import HTTPAdapter
+    except ImportError:
+        raise RuntimeError("callback URLs need the 'requests' package: pip install 'audio_middleware[jobs]'") from None
 
     class WatchedAdapter(HTTPAdapter):
         def init_poolmanager(self, *args: object, **kwargs: object) -> None:
