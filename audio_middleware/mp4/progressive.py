@@ -46,7 +46,9 @@ def _source_order(tracks: list[Track]) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return np.zeros(0, np.int64), np.zeros(0, np.int64), None
     if len(offsets) < 2 or bool(np.all(offsets[1:] >= offsets[:-1])):
         return offsets, sizes, None
-    order = np.argsort(offsets, kind="stable")
+    # By offset; at one offset an empty chunk first: the new offsets then sort the same way again,
+    # so the rendition of a rendition is itself (an empty chunk's offset is arbitrary, but stable)
+    order = np.lexsort((sizes > 0, offsets))
     return offsets[order], sizes[order], order
 
 
