@@ -78,6 +78,38 @@ class ClosingFile:
         _run_all(closers)
 
 
+#: Bytes of an unsized answer held back until its plan ended normally (the source read to its end):
+#: an FLV tag's last data byte and its 4-byte PreviousTagSize.
+UNSIZED_TAIL = 5
+
+
+def withhold_tail(chunks: Iterable[bytes], size: int = UNSIZED_TAIL) -> Iterator[bytes]:
+    """``chunks``, but their last ``size`` bytes only once ``chunks`` ended without an error.
+
+    An unsized answer (a streamed FLV or fragmented MP4, no Content-Length) whose
+    source ends early is aborted after its last complete tag went out. Where
+    only the connection's close marks the end of a response (HTTP/1.0 clients,
+    uWSGI, wsgiref), the client would then hold a well-formed, shorter file;
+    without the tail it holds one that ends inside its last tag. Each block is
+    copied once (with the previous tail), which costs in proportion to the
+    audio sent, not to the video read.
+    """
+    held = b""
+    for chunk in chunks:
+        if len(held) + len(chunk) <= size:
+            held += chunk
+            continue
+        cut = len(chunk) - size
+        if cut >= 0:
+            out, held = b"".join((held, memoryview(chunk)[:cut])), chunk[cut:]
+        else:  # a chunk shorter than the tail: part of the old tail goes out
+            joined = held + chunk
+            out, held = joined[:-size], joined[-size:]
+        yield out
+    if held:
+        yield held
+
+
 class FileRegion:
     """``length`` bytes of ``file`` from byte ``start``, as a file object for ``wsgi.file_wrapper``.
 

@@ -27,7 +27,7 @@ from werkzeug.datastructures import ContentRange, Headers
 from werkzeug.http import HTTP_STATUS_CODES, parse_content_range_header, parse_options_header, remove_entity_headers
 from werkzeug.wsgi import FileWrapper
 
-from .body import ClosingBody, FileRegion, close_quietly, sendfile_region
+from .body import ClosingBody, FileRegion, close_quietly, sendfile_region, withhold_tail
 from .cache import PlanCache
 from .emit import DEFAULT_BLOCK, iter_plan_bytes
 from .errors import (
@@ -445,7 +445,10 @@ class AudioOnlyMiddleware:
         region = _one_region(environ, pieces, source, self.block_size, source.close, upstream.close)
         if region is not None:  # a range inside one large span of a file: the server's sendfile
             return _file_wrapper(environ)(region, self.block_size)
-        return ClosingBody(iter_plan_bytes(pieces, source, self.block_size), source.close, upstream.close)
+        chunks = iter_plan_bytes(pieces, source, self.block_size)
+        if isinstance(plan, LazyPlan):  # no Content-Length: an answer cut short must not look complete
+            chunks = withhold_tail(chunks)
+        return ClosingBody(chunks, source.close, upstream.close)
 
     def _fill_in_background(self, key: tuple[str, int], plan: Plan, source: Source) -> None:
         """A part of the rendition was asked for: store the whole one from a file-backed source, apart

@@ -10,10 +10,14 @@ import os
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from werkzeug.wsgi import FileWrapper
 
 import audio_middleware.middleware as middleware_module
 from audio_middleware import AudioOnlyMiddleware
+from audio_middleware.body import withhold_tail
+from audio_middleware.errors import SourceTruncated
 
 from .apps import FileApp, GeneratorApp, LateStartApp, StaticApp, call
 from .conftest import media_toolkit
@@ -118,3 +122,55 @@ def _feed(fd: int, data: bytes) -> None:
     with os.fdopen(fd, "wb") as pipe:
         with contextlib.suppress(BrokenPipeError):
             pipe.write(data)
+
+
+
+@given(st.lists(st.binary(max_size=20), max_size=12), st.booleans())
+def test_withhold_tail_sends_the_last_bytes_only_after_a_normal_end(chunks, fails):
+    def source():
+        yield from chunks
+        if fails:
+            raise SourceTruncated("cut")
+
+    sent = []
+    try:
+        for chunk in withhold_tail(source(), 5):
+            assert chunk  # no empty writes
+            sent.append(chunk)
+    except SourceTruncated:
+        assert fails
+    whole = b"".join(chunks)
+    assert b"".join(sent) == (whole[:max(0, len(whole) - 5)] if fails else whole)
+
+
+def _audio_tag_ends(data: bytes) -> tuple[int, list[int]]:
+    """(where the tags start, where each audio tag of an FLV ends, its PreviousTagSize included)."""
+    position = first = int.from_bytes(data[5:9], "big") + 4
+    ends = []
+    while position + 11 <= len(data):
+        end = position + 11 + int.from_bytes(data[position + 1:position + 4], "big") + 4
+        if data[position] & 0x1F == 8:
+            ends.append(end)
+        position = end
+    return first, ends
+
+
+def test_a_streamed_flv_cut_short_never_ends_on_a_tag_boundary(media):
+    """Over a connection whose close is the only end mark, an aborted answer must not be a well-formed shorter FLV:
+    the source is cut inside the video tag after an audio tag, which had already gone out whole."""
+    data = media("flv_aac").read_bytes()
+    _, ends = _audio_tag_ends(data)
+    cut = next(end for end in ends[len(ends) // 2:] if data[end] & 0x1F == 9) + 20  # inside the next (video) tag
+    upstream = GeneratorApp(media("flv_aac"), "video/x-flv", truncate_at=cut)  # with the full Content-Length
+    sent = bytearray()
+    seen = {}
+    body = AudioOnlyMiddleware(upstream, block_size=1024)({"REQUEST_METHOD": "GET", "QUERY_STRING": "ali_audio_only=1",
+                                          "PATH_INFO": "/v.flv", "SERVER_NAME": "x", "SERVER_PORT": "80",
+                                          "wsgi.url_scheme": "http"}, lambda s, h, e=None: seen.update(status=s))
+    with pytest.raises(SourceTruncated):
+        for chunk in body:
+            sent += chunk
+    body.close()
+    assert seen["status"] == "200 OK" and len(sent) > 1000
+    first, out_ends = _audio_tag_ends(bytes(sent))
+    assert len(sent) not in out_ends  # the last tag is incomplete: no demuxer takes it for a complete file
