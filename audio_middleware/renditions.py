@@ -57,6 +57,7 @@ Rules:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -66,6 +67,7 @@ import pathlib
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -89,6 +91,8 @@ STALE_INDEX_SECONDS = 60.0
 WARN_INTERVAL = 60.0
 #: Background fills running at once in one store (each reads spans and writes a file: a bounded cost).
 BACKGROUND_FILLS = 2
+#: Seconds an exiting process gives its background fills before dropping their files.
+EXIT_WAIT = 5.0
 _STEM = 40
 _INDEX_MAX = 4096
 
@@ -115,10 +119,11 @@ class RenditionStore:
         self.max_bytes = int(max_bytes)
         self._lock = threading.RLock()  # re-entrant: Fill.__del__, run by the GC anywhere, takes it
         self._filling: set[Key] = set()
-        self._background: set[threading.Thread] = set()
+        self._background: dict[threading.Thread, Fill] = {}
         self._last_warning = float("-inf")
         #: Counters, for tests and monitoring.
         self.hits = self.misses = self.fills = self.failures = self.evictions = 0
+        atexit.register(_finish_fills, weakref.ref(self))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -230,7 +235,7 @@ class RenditionStore:
         with self._lock:
             busy = len(self._background) >= BACKGROUND_FILLS
             if not busy:
-                self._background.add(thread)
+                self._background[thread] = fill
         if busy:
             fill.abort()
             cleanup()
@@ -239,7 +244,7 @@ class RenditionStore:
             thread.start()
         except Exception as error:  # noqa: BLE001 - no thread (resource limits): the response goes on
             with self._lock:
-                self._background.discard(thread)
+                self._background.pop(thread, None)
             fill.abort()
             cleanup()
             self._warn("rendition store: cannot start a background fill (%s)", error)
@@ -261,7 +266,7 @@ class RenditionStore:
             with contextlib.suppress(Exception):
                 cleanup()
             with self._lock:
-                self._background.discard(threading.current_thread())
+                self._background.pop(threading.current_thread(), None)
 
     def join_fills(self, timeout: float | None = None) -> bool:
         """Wait for the background fills running now; False if some still run after ``timeout`` seconds."""
@@ -271,6 +276,20 @@ class RenditionStore:
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in threads)
+
+    def finish_fills(self, timeout: float = EXIT_WAIT) -> None:
+        """At exit: give the background fills ``timeout`` seconds, then drop the unfinished ones' files.
+
+        A worker that ends (gunicorn's ``max_requests``, a restart) kills its daemon
+        threads; without this their temporary files stayed until a scan an hour later.
+        """
+        if self.join_fills(timeout):
+            return
+        with self._lock:
+            unfinished = list(self._background.values())
+        for fill in unfinished:
+            with contextlib.suppress(Exception):
+                fill.abort()
 
     def _release(self, key: Key) -> None:
         with self._lock:
@@ -501,6 +520,13 @@ class _Tee:
                 close()
         finally:
             self._fill.abort()
+
+
+def _finish_fills(store: weakref.ref[RenditionStore]) -> None:
+    """The atexit hook of a store (held weakly: a store dropped earlier needs nothing)."""
+    alive = store()
+    if alive is not None:
+        alive.finish_fills()
 
 
 def _digest(tag: str) -> str:

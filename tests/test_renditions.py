@@ -313,6 +313,31 @@ def test_background_fills_are_bounded_and_a_failure_leaves_nothing(tmp_path, cap
     assert "background fill" in caplog.text and "5 bytes written, expected 10" in caplog.text
 
 
+def test_at_exit_unfinished_background_fills_leave_no_temporary_file(tmp_path):
+    """A worker that ends (max_requests, a restart) kills its daemon threads: the store's atexit hook waits a
+    little, then drops the files of the fills still running (they waited for a scan an hour later)."""
+    store = RenditionStore(tmp_path)
+    release = threading.Event()
+
+    def slow():
+        yield b"x" * 5
+        release.wait(30)
+        yield b"x" * 5
+
+    def quick():
+        yield b"y" * 10
+
+    store.fill_in_background(('"slow"', 10), "audio/mp4", slow, lambda: None)
+    store.fill_in_background(('"quick"', 10), "audio/mp4", quick, lambda: None)
+    deadline = time.monotonic() + 10
+    while len(stored(tmp_path)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.finish_fills(timeout=0.2)
+    assert temporary(tmp_path) == [] and len(stored(tmp_path)) == 1  # the finished one is kept
+    release.set()
+    assert store.join_fills(timeout=30) and temporary(tmp_path) == [] and len(stored(tmp_path)) == 1
+
+
 def test_a_thread_that_cannot_start_is_no_fill_and_no_error(tmp_path, monkeypatch):
     store = RenditionStore(tmp_path)
     cleanups = []
