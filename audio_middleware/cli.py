@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import re
@@ -213,12 +212,16 @@ def _writing(name: str) -> Iterator[None]:
 
 
 class _Sink:
-    """OUTPUT's stream, remembering the first OSError that a write or flush raised.
+    """OUTPUT's stream, writing every byte of each block, remembering the first OSError it met.
 
     PyAV swallows an exception raised in its write callback and fails with
     "Error in PyAV callback", which the transcoder reports as malformed input;
     the remembered error lets the command report the real cause (a full disk,
-    a closed pipe) instead.
+    a closed pipe) instead. A raw stream (stdout under ``python -u`` or
+    PYTHONUNBUFFERED) may write part of a block (a pipe whose reader left while
+    it waited) and say so only in its return value, which the writers do not
+    check: writing on raises the real error (EPIPE: exit 141) instead of
+    ending in success with bytes lost.
     """
 
     def __init__(self, stream: IO[bytes]) -> None:
@@ -226,11 +229,15 @@ class _Sink:
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
+        view = memoryview(data)
         try:
-            return self._stream.write(data)
+            while view:
+                written = self._stream.write(view)  # type: ignore[arg-type]
+                view = view[written or 0:]
         except OSError as error:
             self.error = self.error or error
             raise
+        return len(data)
 
     def flush(self) -> None:
         try:
@@ -238,29 +245,6 @@ class _Sink:
         except OSError as error:
             self.error = self.error or error
             raise
-
-
-class _WholeWrites:
-    """A raw stdout whose ``write`` writes every byte or raises.
-
-    A raw file's ``write()`` may write part of a block (a pipe whose reader left
-    while it waited) and say so only in its return value, which the writers
-    here do not check: the rest would be lost and the command end in success.
-    Writing on raises the real error (EPIPE: exit 141).
-    """
-
-    def __init__(self, raw: io.RawIOBase) -> None:
-        self._raw = raw
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            written = self._raw.write(view)
-            view = view[written or 0:]
-        return len(data)
-
-    def flush(self) -> None:
-        self._raw.flush()
 
 
 def _detach_stdout() -> None:
@@ -474,9 +458,7 @@ def _to_stdout(args: argparse.Namespace, fmt: str) -> int:
         raise _UsageError("--json prints a summary on stdout; it cannot be combined with -o -")
     if sys.stdout.isatty():
         raise _UsageError("refusing to write binary audio to a terminal (redirect stdout or use -o FILE)")
-    stdout: IO[bytes] = sys.stdout.buffer
-    if isinstance(stdout, io.RawIOBase):  # python -u / PYTHONUNBUFFERED
-        stdout = cast(IO[bytes], _WholeWrites(stdout))
+    stdout = sys.stdout.buffer  # may be raw (python -u): _Sink completes short writes
     bar = _progress(args, "stdout")
     try:
         summary = _extract(args, fmt, stdout, STDOUT, bar)
