@@ -8,6 +8,7 @@ All header parsing is werkzeug's.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from werkzeug.datastructures import Headers, Range
@@ -97,7 +98,9 @@ def if_range_allows(environ: dict, validators: Validators) -> bool:
         return True
     if_range = parse_if_range_header(raw)
     if if_range.etag is not None:
-        if raw.strip().startswith("W/") or not validators.strong:
+        # werkzeug also reads a bare token as an ETag; RFC 9110 13.1.5: neither an entity-tag nor a
+        # date is a false condition, and a weak tag never matches
+        if not raw.strip().startswith('"') or not validators.strong:
             return False
         return unquote_etag(validators.etag)[0] == if_range.etag
     if if_range.date is not None and validators.last_modified:
@@ -121,14 +124,16 @@ def answer_range(environ: dict, length: int, validators: Validators) -> RangeAns
     Several ranges, other units, a malformed header or a stale If-Range get the
     full body (RFC 9110 allows ignoring Range).
     """
-    parsed = _honoured_range(environ, validators)
-    if parsed is None:
+    pair = _honoured_range(environ, validators)
+    if pair is None:
         return RangeAnswer()
-    start, stop = parsed.ranges[0]
+    if pair == NO_BYTES:
+        return RangeAnswer(satisfiable=False)
+    start, stop = pair
     if start < 0 and stop is None and length:
         # a suffix longer than the body is the whole body (RFC 9110 14.1.2), not a 416
         return RangeAnswer(max(0, length + start), length, partial=True)
-    found = parsed.range_for_length(length)
+    found = Range("bytes", [pair]).range_for_length(length)
     if found is None:
         return RangeAnswer(satisfiable=False)
     return RangeAnswer(found[0], found[1], partial=True)
@@ -139,12 +144,31 @@ def range_honoured(environ: dict, validators: Validators) -> bool:
     return _honoured_range(environ, validators) is not None
 
 
-def _honoured_range(environ: dict, validators: Validators) -> Range | None:
-    """The request's Range when it is one byte range and If-Range allows it; else None (the whole body)."""
+def _honoured_range(environ: dict, validators: Validators) -> tuple[int, int | None] | None:
+    """The request's byte range, as werkzeug's ``(start, stop)`` pair, when it is one range and
+    If-Range allows it; :data:`NO_BYTES` for ``bytes=-0``; else None (the whole body)."""
     header = environ.get("HTTP_RANGE")
     if not header or not if_range_allows(environ, validators):
         return None
+    header = _without_empty_elements(header)
     parsed = parse_range_header(header)
+    if parsed is None and _EMPTY_SUFFIX.fullmatch(header):
+        return NO_BYTES  # werkzeug rejects "-0"; RFC 9110 14.1.1: valid, and never satisfiable
     if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
         return None
-    return parsed
+    return parsed.ranges[0]
+
+
+#: ``bytes=-0``: a suffix of no bytes (with the case and spaces werkzeug accepts around a range).
+_EMPTY_SUFFIX = re.compile(r"(?i)\s*bytes\s*=\s*-0+\s*")
+#: The range of ``bytes=-0``, which no length satisfies (a 416).
+NO_BYTES = (0, 0)
+
+
+def _without_empty_elements(header: str) -> str:
+    """The Range header without empty list elements, which RFC 9110 5.6.1.2 says a recipient
+    must accept and ignore (``bytes=0-99,``) while werkzeug rejects the header."""
+    units, equals, specs = header.partition("=")
+    if not equals or "," not in specs:
+        return header
+    return units + equals + ",".join(spec for spec in specs.split(",") if spec.strip())
