@@ -13,6 +13,7 @@ Two families, one interface (:class:`Source`):
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tempfile
@@ -209,8 +210,9 @@ class FileSource:
         self._owned = owned
         self._lock = threading.Lock()
         try:
-            self._fd: int | None = fileobj.fileno()
-            os.fstat(self._fd)
+            self._fd: int | None = fileobj.fileno() if reads_its_descriptor(fileobj) else None
+            if self._fd is not None:
+                os.fstat(self._fd)
         except (AttributeError, OSError, ValueError):
             self._fd = None
         if self._fd is not None and not hasattr(os, "pread"):
@@ -315,12 +317,24 @@ class FileSource:
             self._file.close()
 
 
+def reads_its_descriptor(fileobj: object) -> bool:
+    """Whether reading ``fileobj`` reads the bytes of its ``fileno()`` at their own offsets, so that
+    ``os.pread`` and sendfile on that descriptor give what the app serves: a ``FileIO``, or a
+    buffered file over one (``open(path, "rb")``, which ``send_file`` and ``FileResponse`` use,
+    and ``tempfile`` files). A ``GzipFile``, ``BZ2File`` or ``LZMAFile`` also has a ``fileno()``,
+    the compressed file's, whose bytes are not the ones it reads."""
+    return isinstance(getattr(fileobj, "raw", fileobj), io.FileIO)
+
+
 def positioned_reads(fileobj: object) -> bool:
-    """Whether a file object an app serves can be a :class:`FileSource`: a regular file (a pipe or a
-    socket, such as a subprocess's stdout, has a descriptor but no positions), or an object with
-    no descriptor that does not say it cannot seek."""
+    """Whether a file object an app serves can be a :class:`FileSource`: a regular file read as it is
+    (a pipe or a socket, such as a subprocess's stdout, has a descriptor but no positions; a
+    decompressing file has one whose bytes it does not serve, and its seeks decompress again from
+    the start), or an object with no descriptor that does not say it cannot seek."""
     try:
         fd = fileobj.fileno()  # type: ignore[attr-defined]
+        if not reads_its_descriptor(fileobj):
+            return False
     except (AttributeError, OSError, ValueError):
         seekable = getattr(fileobj, "seekable", None)
         try:

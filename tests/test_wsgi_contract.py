@@ -5,8 +5,13 @@ and error answers that must not leave a spooled copy open.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import io
+import lzma
 import os
+import tempfile
 import threading
 
 import pytest
@@ -18,6 +23,7 @@ import audio_middleware.middleware as middleware_module
 from audio_middleware import AudioOnlyMiddleware
 from audio_middleware.body import withhold_tail
 from audio_middleware.errors import SourceTruncated
+from audio_middleware.sources import FileSource, reads_its_descriptor
 
 from .apps import FileApp, GeneratorApp, LateStartApp, StaticApp, call
 from .conftest import media_toolkit
@@ -116,6 +122,36 @@ def test_a_pipe_served_through_the_file_wrapper_is_read_as_a_stream(media):
     status, _, body = call(middleware, **{"wsgi.file_wrapper": FileWrapper})
     assert status == "200 OK"
     media_toolkit.assert_audio_identical(path, body)
+
+
+@pytest.mark.parametrize("opener", [gzip.open, bz2.open, lzma.open], ids=["gzip", "bz2", "lzma"])
+def test_a_decompressing_file_served_through_the_file_wrapper_is_read_as_it_reads(media, tmp_path, opener):
+    """GzipFile & co. report the compressed file's descriptor: reads of it are not the served bytes."""
+    path = media("mp4_moov_end")  # the moov at the end: a stream must be read to its end (spooled)
+    packed = tmp_path / "v.mp4.z"
+    with opener(packed, "wb") as out:
+        out.write(path.read_bytes())
+
+    def compressed_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "video/mp4"), ("ETag", '"z1"')])
+        return environ["wsgi.file_wrapper"](opener(packed, "rb"), 4096)
+
+    middleware = AudioOnlyMiddleware(compressed_app)
+    assert call(middleware, query="", **{"wsgi.file_wrapper": FileWrapper})[2] == path.read_bytes()
+    status, _, body = call(middleware, **{"wsgi.file_wrapper": FileWrapper})
+    assert status == "200 OK"
+    media_toolkit.assert_audio_identical(path, body)
+
+
+def test_only_files_read_as_they_are_get_positioned_reads(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x" * 10)
+    with open(plain, "rb") as buffered, open(plain, "rb", buffering=0) as raw, \
+            tempfile.TemporaryFile() as temporary, gzip.open(tmp_path / "z", "wb") as compressed:
+        assert reads_its_descriptor(buffered) and reads_its_descriptor(raw) and reads_its_descriptor(temporary)
+        assert not reads_its_descriptor(compressed) and not reads_its_descriptor(io.BytesIO(b"x"))
+        assert FileSource(buffered).located(0) is not None
+        assert FileSource(compressed).located(0) is None  # no pread or sendfile on the compressed descriptor
 
 
 def _feed(fd: int, data: bytes) -> None:
