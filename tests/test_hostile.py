@@ -534,9 +534,18 @@ def flv_tag(kind: int, data: bytes, timestamp: int = 0, *, data_size: int | None
     return header + data + struct.pack(">I", 11 + len(data) if previous is None else previous)
 
 
+#: An MPEG-1 Layer III frame header: 32 kbit/s, 44.1 kHz, stereo, no CRC, no padding: 104-byte frames.
+MP3_HEADER = b"\xff\xfb\x10\x00"
+
+
 def mp3_frame(index: int) -> bytes:
-    """An FLV audio tag body: SoundFormat 2 (MP3) flags byte + recognisable payload."""
-    return b"\x2f" + chunk_bytes("a", index, 24)
+    """An FLV audio tag body: SoundFormat 2 (MP3) flags byte + one MP3 frame with a recognisable payload.
+
+    A real frame header, so that FFmpeg's MP3 parser gives one packet per tag, as it does
+    for real files, and the oracle can compare FFmpeg's packets (on bytes that are not MP3
+    frames its parser joins tags by heuristics: see ``fuzz_extract._merges_tags``).
+    """
+    return b"\x2f" + MP3_HEADER + chunk_bytes("a", index, 100)
 
 
 def video_frame(index: int) -> bytes:
