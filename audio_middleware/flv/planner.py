@@ -51,10 +51,17 @@ Behaviours decided here (and tested):
   past ``end`` (audio timestamps are taken as non-decreasing). Script tags are
   kept if they come before the first audio tag or fall inside the window.
   ``onMetaData.duration`` becomes ``min(end, duration) - start`` when the file
-  states a duration. A window inside one frame gets that frame. Bounds are
+  states a duration. A window inside one frame gets that frame. A ``start``
+  after the last audio frame's timestamp keeps that frame while ``start`` is
+  before its end, as an MP4 clip does; tags have no duration, so the end comes
+  from the codec, else the spacing of the two frames before (:mod:`.frames`;
+  unknown: 416). Both modes decide it from the same bytes (each tag's peek),
+  the lazy one wherever its walk ends (probe or stream). Bounds are
   compared in whole milliseconds rounded to a nanosecond (2.011 s is 2011 ms,
-  not 2011.0000000000002). No audio frame in the window: :class:`RangeNotSatisfiable`
-  (416); ``end <= start``: :class:`InvalidRequest` (400). A NaN or infinite
+  not 2011.0000000000002); ``start < end`` closer than that keeps the frame that
+  contains ``start``. No audio frame in the window (``end=0`` included, as for
+  MP4): :class:`RangeNotSatisfiable` (416); ``start >= end`` (both given) or a
+  negative ``end``: :class:`InvalidRequest` (400). A NaN or infinite
   bound is a ``ValueError`` (the middleware refuses those first).
 - ``filesize`` (any spelling, e.g. OBS's ``fileSize``) is removed, in both
   modes: lazy mode cannot know the output length, and a rendition's bytes must
@@ -90,6 +97,7 @@ from ..limits import Limits
 from ..plan import LazyPlan, Literal, Piece, Plan, Span, Spans, coalesce
 from ..sources import Source, read_exact
 from . import amf
+from .frames import LastFrame, data_head
 from .tags import (
     FILE_HEADER_SIZE,
     FILTER_BIT,
@@ -143,16 +151,24 @@ class Window:
 
     @classmethod
     def from_seconds(cls, start: float | None, end: float | None) -> Window:
-        """Validate ``start``/``end``; ``None`` or ``start <= 0`` means "from the beginning"."""
+        """Validate ``start``/``end``; ``None`` or ``start <= 0`` means "from the beginning".
+
+        Only an inverted window (``start >= end``, both given) or a negative
+        ``end`` is a bad request (400), as in MP4 clipping; ``end=0`` alone is a
+        valid window without audio, which the walk answers 416.
+        """
         for name, value in (("start", start), ("end", end)):
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+        if end is not None and (end < 0 or (start is not None and start >= end)):
+            raise InvalidRequest(f"empty time range: start={start} end={end}")
         # Rounded to a nanosecond: 2.011 s is 2011.0000000000002 ms in binary floating point, and tag
         # timestamps are whole milliseconds (MP4 clipping has the same slack, TICK_SLACK).
         start_ms = round(max(start, 0.0) * 1000.0, 6) if start is not None else 0.0
         end_ms = round(end * 1000.0, 6) if end is not None else math.inf
-        if end_ms <= start_ms:
-            raise InvalidRequest(f"empty time range: start={start} end={end}")
+        if 0 < start_ms and end_ms <= start_ms:  # start < end by less than the rounding: the frame at start
+            end_ms = math.nextafter(start_ms, math.inf)
+        # end_ms == 0 (``end=0`` without a start) stays an empty window: no frame lies in it, 416 as for MP4
         return cls(start, end, start_ms, end_ms)
 
     def clip_duration(self, duration: float) -> float:
@@ -400,6 +416,7 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
     last_ts = None
     before_start: tuple[int, int] | None = None  # the frame that contains ``start``
     before_start_ts = 0
+    latest = LastFrame()  # where ``before_start`` ends, for a start inside the last frame
     for pos, kind, size, ts, peek in _tags(source, header.data_offset + 4, INDEX_WINDOW):
         if kind & TYPE_MASK == TAG_AUDIO:
             if not seen_audio:
@@ -416,6 +433,7 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
                 break
             elif is_audio_config(peek, size):
                 out.copy(source, pos, size)
+                latest.config(data_head(peek, size))
             elif ts >= start_ms:
                 if not frames and before_start is not None and ts > start_ms:
                     out.copy(source, *before_start)
@@ -424,6 +442,7 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
                 last_ts = ts
             else:
                 before_start, before_start_ts = (pos, size), ts
+                latest.frame(ts, data_head(peek, size), size)
         elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(window, seen_audio, ts):
             if size >= len(METADATA_PREFIX) and not kind & FILTER_BIT and _is_metadata(source, pos):
                 tag = _read_script(source, pos, size, limits)
@@ -432,6 +451,9 @@ def _plan_indexed(source: Source, limits: Limits, window: Window) -> Plan:
                     seen_metadata, meta_duration = True, meta.duration
                 out.add(Literal(_metadata_tag(tag, meta)))
             # other script tags (onCuePoint, onTextData captions...) describe the video: dropped
+    if not frames and before_start is not None and latest.contains(start_ms):  # start inside the last frame
+        out.copy(source, *before_start)
+        frames, last_ts = 1, before_start_ts
     if not frames:
         raise _no_audio(window, seen_audio)
     out.flush()
@@ -478,6 +500,7 @@ class _Probe:
         self.seen_audio = False
         self.found_frame = False
         self.before_start: bytes | None = None
+        self.latest = LastFrame()  # where ``before_start`` ends
 
     def hold(self, data: bytes) -> None:
         self.budget -= len(data)
@@ -511,10 +534,12 @@ class _Probe:
         if window.active and is_audio_config(peek, size):
             tag = read_exact(self.source, pos, TAG_HEADER_SIZE + size, f"the audio tag at byte {pos}")
             self.hold(_with_trailer(tag))
+            self.latest.config(data_head(peek, size))
             return False
         if ts < window.start_ms:
             # keep the frame that contains ``start``: it is the first one sent if the next starts later
             self.before_start = read_exact(self.source, pos, TAG_OVERHEAD + size, f"the audio tag at byte {pos}")
+            self.latest.frame(ts, data_head(peek, size), size)
             return False
         if self.before_start is not None and ts > window.start_ms:
             self.hold(self.before_start)
@@ -525,7 +550,7 @@ class _Probe:
     def run(self, pos: int) -> int:
         """Walk until the first kept audio frame (or the probe bound); return where streaming resumes."""
         limits = self.limits
-        probe_end = pos + limits.flv_probe_bytes
+        probe_end, end = pos + limits.flv_probe_bytes, pos
         for pos, kind, size, ts, peek in _tags(self.source, pos):  # noqa: B020 - walks on from its argument
             if pos > probe_end:
                 if self.seen_audio:
@@ -536,7 +561,18 @@ class _Probe:
                     return pos + TAG_OVERHEAD + size
             elif kind & TYPE_MASK == TAG_SCRIPT and _keep_script(self.window, self.seen_audio, ts):
                 self.script(pos, size, kind)
+            end = pos + TAG_OVERHEAD + size
+        if self.keep_last_frame():
+            return end  # every tag was walked: streaming finds nothing more
         raise _no_audio(self.window, self.seen_audio)
+
+    def keep_last_frame(self) -> bool:
+        """At the end of the tags: hold the frame before ``start`` if ``start`` lies inside it (as index mode)."""
+        if self.before_start is None or not self.latest.contains(self.window.start_ms):
+            return False
+        self.hold(self.before_start)
+        self.found_frame = True
+        return True
 
 
 def _lazy_pieces(source: Source, limits: Limits, window: Window, info: dict) -> Iterator[Piece]:
@@ -547,16 +583,18 @@ def _lazy_pieces(source: Source, limits: Limits, window: Window, info: dict) -> 
     pos = probe.run(header.data_offset + 4)
     info.setdefault("duration", None)
     yield from coalesce(probe.held)
-    yield from _stream(source, limits, window, pos, probe.found_frame, probe.before_start)
+    yield from _stream(source, limits, window, pos, probe.found_frame, probe.before_start, probe.latest)
 
 
 def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bool,
-            before_start: bytes | None = None) -> Iterator[Piece]:
+            before_start: bytes | None = None, latest: LastFrame | None = None) -> Iterator[Piece]:
     """Yield audio tags from ``pos`` on; a tag header is read only after the previous span was consumed.
 
     ``before_start``: the frame that contains ``start``, when the probe met it but
-    stopped (at its byte bound) before the first kept frame.
+    stopped (at its byte bound) before the first kept frame; ``latest``: where it
+    ends, so that a ``start`` inside the last frame keeps it here too.
     """
+    latest = latest or LastFrame()
     source_size = source.size
     windowed = window.active
     start_ms, end_ms = window.start_ms, window.end_ms
@@ -568,18 +606,25 @@ def _stream(source: Source, limits: Limits, window: Window, pos: int, frames: bo
                         yield Literal(before_start)
                         frames = True
                     break
-                if ts < start_ms and not is_audio_config(peek, size):
+                config = is_audio_config(peek, size)
+                if ts < start_ms and not config:
                     before_start = read_exact(source, pos, TAG_OVERHEAD + size, f"the audio tag at byte {pos}")
+                    latest.frame(ts, data_head(peek, size), size)
                     continue
-                if not frames and before_start is not None and ts > start_ms:
+                if config:
+                    latest.config(data_head(peek, size))
+                elif not frames and before_start is not None and ts > start_ms:
                     yield Literal(before_start)
-                frames = frames or not is_audio_config(peek, size)
+                frames = frames or not config
             if source_size is None or pos + TAG_OVERHEAD + size <= source_size:
                 yield Span(pos, TAG_OVERHEAD + size)
             else:
                 yield from _copy(pos, size, source_size, SourceTruncated)
         elif kind & TYPE_MASK == TAG_SCRIPT and (not windowed or start_ms <= ts < end_ms):
             yield from _stream_script(source, limits, window, pos, size, kind)
+    if not frames and before_start is not None and latest.contains(start_ms):  # start inside the last frame
+        yield Literal(before_start)
+        frames = True
     if not frames:
         raise _no_audio(window, True)
 
