@@ -36,6 +36,7 @@ class Upstream:
         self._written: IO[bytes] | None = None
         self._closed = False
         self._started = False
+        self._committed = False
         self._early: list[bytes] = []
         self.app_iter: Iterable[bytes] = app(environ, self._start_response)
         if not self._started:
@@ -58,6 +59,17 @@ class Upstream:
         self.app_iter = _Resumed(items, self.app_iter)
 
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+        """Keep the app's status and headers; PEP 3333's rules for a second call, as a server's: with
+        ``exc_info`` once the body is being read (our answer may have gone out), re-raise it; without,
+        it is an error."""
+        if self._started:
+            if exc_info is None:
+                raise AssertionError("start_response called a second time without exc_info")
+            if self._committed:
+                try:
+                    raise exc_info[1].with_traceback(exc_info[2])
+                finally:
+                    exc_info = None
         self._started = True
         self.status = status
         self.headers = Headers(headers)
@@ -90,6 +102,7 @@ class Upstream:
 
     def chunks(self) -> Iterator[bytes]:
         """Written bytes first, then the body iterable (not closed here)."""
+        self._committed = True  # from here on, the app's status and headers may have been acted upon
         if self._written is not None:
             self._written.seek(0)
             while block := self._written.read(256 * 1024):
@@ -123,6 +136,7 @@ class Upstream:
         already read for sniffing.
         """
         start_response(self.status, self.headers.to_wsgi_list(), self.exc_info)
+        self._committed = True
         if head:
             self.close()
             return []

@@ -11,6 +11,7 @@ import gzip
 import io
 import lzma
 import os
+import sys
 import tempfile
 import threading
 
@@ -210,3 +211,54 @@ def test_a_streamed_flv_cut_short_never_ends_on_a_tag_boundary(media):
     assert seen["status"] == "200 OK" and len(sent) > 1000
     first, out_ends = _audio_tag_ends(bytes(sent))
     assert len(sent) not in out_ends  # the last tag is incomplete: no demuxer takes it for a complete file
+
+
+def _failing_midway_app(path, error_page: bytes, content_type: str):
+    """An app that sends a file, then fails and switches to an error page with ``exc_info``."""
+
+    def app(environ, start_response):
+        data = path.read_bytes()
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(data))),
+                                  ("ETag", '"m1"')])
+        yield data[:len(data) // 2]
+        try:
+            raise RuntimeError("the storage went away")
+        except RuntimeError:
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info())
+        yield error_page
+
+    return app
+
+
+@pytest.mark.parametrize("content_type", ["video/mp4", "text/html"], ids=["extracted", "passed-through"])
+def test_start_response_with_exc_info_after_the_body_began_reraises(media, content_type):
+    """PEP 3333: once the headers may have gone out, start_response(..., exc_info) raises it, so the
+    app's error page is never taken for (or appended to) the body we already answer with."""
+    middleware = AudioOnlyMiddleware(_failing_midway_app(media("mp4_moov_end"), b"ERROR PAGE", content_type))
+    with pytest.raises(RuntimeError, match="the storage went away"):
+        call(middleware)
+
+
+def test_start_response_with_exc_info_before_the_body_replaces_the_answer(media):
+    """Before any body item was read, an app may still change its mind (PEP 3333's error handling)."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "video/mp4")])
+        try:
+            raise RuntimeError("found out early")
+        except RuntimeError:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"try later"]
+
+    status, _, body = call(AudioOnlyMiddleware(app))
+    assert (status, body) == ("503 Service Unavailable", b"try later")
+
+
+def test_start_response_twice_without_exc_info_is_an_error(media):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "video/mp4")])
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b""]
+
+    with pytest.raises(AssertionError, match="second time"):
+        call(AudioOnlyMiddleware(app))
