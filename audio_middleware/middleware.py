@@ -67,6 +67,8 @@ from .upstream import CaptureFileWrapper, Upstream
 log = logging.getLogger("audio_middleware")
 
 RANGE_POLICIES = ("serve", "ignore", "reject")
+#: Environ keys holding the raw request target (gunicorn, werkzeug, uWSGI, Apache), query included.
+REQUEST_TARGETS = ("REQUEST_URI", "RAW_URI")
 #: Video file name extensions in a Content-Disposition filename (or filename*), before its end or quote.
 VIDEO_EXTENSION = re.compile(r"\.(?:mp4|mov|m4v|f4v)(?=[\"';\s]|$)", re.IGNORECASE)
 #: Request headers never forwarded on the upstream call: the app must send the whole
@@ -167,7 +169,11 @@ class AudioOnlyMiddleware:
         """The environ the app sees: a plain GET for the whole file, our parameters removed."""
         upstream = {key: value for key, value in environ.items() if key not in UPSTREAM_DROPPED}
         upstream["REQUEST_METHOD"] = "GET"
-        upstream["QUERY_STRING"] = _without_params(environ.get("QUERY_STRING", ""), self._own_params)
+        upstream["QUERY_STRING"] = query = _without_params(environ.get("QUERY_STRING", ""), self._own_params)
+        for key in REQUEST_TARGETS:  # the raw request target some servers add says the same
+            target = environ.get(key)
+            if isinstance(target, str) and "?" in target:
+                upstream[key] = target.partition("?")[0] + ("?" + query if query else "")
         upstream["wsgi.file_wrapper"] = CaptureFileWrapper
         upstream["audio_middleware.server_file_wrapper"] = environ.get("wsgi.file_wrapper")
         return upstream

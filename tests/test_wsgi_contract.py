@@ -83,6 +83,17 @@ def test_the_app_sees_the_rest_of_the_query_string_byte_for_byte(media, raw):
         assert upstream.environs[-1]["QUERY_STRING"] == raw, query
 
 
+@pytest.mark.parametrize("query, seen", [("ali_audio_only=1&sig=AbC%2f", "/v.mp4?sig=AbC%2f"),
+                                         ("ali_audio_only=1", "/v.mp4")])
+def test_the_raw_request_target_says_what_the_query_string_says(media, query, seen):
+    """gunicorn and werkzeug add the raw target (RAW_URI, REQUEST_URI): an app that reads or signs it
+    sees the URL without our parameters too."""
+    upstream = GeneratorApp(media("mp4_faststart"))
+    target = f"/v.mp4?{query}"
+    assert call(AudioOnlyMiddleware(upstream), query=query, REQUEST_URI=target, RAW_URI=target)[0] == "200 OK"
+    assert (upstream.environs[-1]["REQUEST_URI"], upstream.environs[-1]["RAW_URI"]) == (seen, seen)
+
+
 @pytest.mark.parametrize("request_environ, status", [
     ({"HTTP_RANGE": "bytes=999999999-"}, "416"),
     ({"HTTP_RANGE": "bytes=0-1"}, "416"),  # range_policy="reject"
