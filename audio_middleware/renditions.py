@@ -274,8 +274,9 @@ class RenditionStore:
         with self._lock:
             threads = list(self._background)
         for thread in threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in threads)
+            with contextlib.suppress(RuntimeError):  # registered by another thread, not started yet
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() or thread.ident is None for thread in threads)
 
     def finish_fills(self, timeout: float = EXIT_WAIT) -> None:
         """At exit: give the background fills ``timeout`` seconds, then drop the unfinished ones' files.

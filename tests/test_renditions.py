@@ -338,6 +338,18 @@ def test_at_exit_unfinished_background_fills_leave_no_temporary_file(tmp_path):
     assert store.join_fills(timeout=30) and temporary(tmp_path) == [] and len(stored(tmp_path)) == 1
 
 
+def test_join_fills_counts_a_fill_whose_thread_has_not_started_as_running(tmp_path):
+    """Another request may have registered its fill and not started its thread yet when the exit hook
+    runs: joining such a thread raises RuntimeError, which must not escape the hook."""
+    store = RenditionStore(tmp_path)
+    fill = store.filler(('"late"', 10), "audio/mp4")
+    not_started = threading.Thread(target=lambda: None)
+    store._background[not_started] = fill
+    assert store.join_fills(timeout=0.1) is False
+    store.finish_fills(timeout=0.1)
+    assert not fill.open and temporary(tmp_path) == []
+
+
 def test_a_thread_that_cannot_start_is_no_fill_and_no_error(tmp_path, monkeypatch):
     store = RenditionStore(tmp_path)
     cleanups = []
