@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import re
+import select
 import stat
 import sys
 import tempfile
@@ -144,11 +146,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     try:
         code = _handle(args)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        _flush_stdout()
         return code
     except BrokenPipeError:
         _detach_stdout()
         return EXIT_PIPE
+
+
+def _flush_stdout() -> None:
+    """Flush what print() left in stdout, so that a closed pipe shows here (exit 141), not in the
+    interpreter's flush at exit (a traceback).
+
+    Started with stdout closed (``>&-``: cron, daemons), Python sets sys.stdout
+    to None: there is nothing to flush, and touching it would crash a run that
+    succeeded.
+    """
+    if sys.stdout is not None:
+        _flush(sys.stdout)
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -232,27 +246,75 @@ class _Sink:
         view = memoryview(data)
         try:
             while view:
-                written = self._stream.write(view)  # type: ignore[arg-type]
-                view = view[written or 0:]
+                view = view[self._write_some(view):]
         except OSError as error:
             self.error = self.error or error
             raise
         return len(data)
 
+    def _write_some(self, view: memoryview) -> int:
+        """Write part of ``view``; how many bytes were taken.
+
+        On a non-blocking descriptor (O_NONBLOCK set by whoever opened the pipe)
+        a full pipe is not an error: a raw stream returns None, a buffered one
+        raises BlockingIOError saying how much it took. Wait until the reader
+        makes room: retrying at once would spin at full CPU, and giving up
+        would lose the output.
+        """
+        try:
+            written = self._stream.write(view)  # type: ignore[arg-type]
+        except BlockingIOError as error:
+            _wait_writable(self._stream)
+            return error.characters_written
+        if written is None:
+            _wait_writable(self._stream)
+            return 0
+        return written
+
     def flush(self) -> None:
         try:
-            self._stream.flush()
+            _flush(self._stream)
         except OSError as error:
             self.error = self.error or error
             raise
+
+
+def _flush(stream: IO) -> None:
+    """``stream.flush()``, waiting while a non-blocking descriptor is full instead of failing (see _Sink)."""
+    while True:
+        try:
+            stream.flush()
+            return
+        except BlockingIOError:
+            _wait_writable(stream)
+
+
+def _wait_writable(stream: IO) -> None:
+    """Sleep until the descriptor of ``stream`` can take more bytes (or has failed: the next write says how).
+
+    A stream without a descriptor cannot be waited for: pause briefly rather than spin.
+    """
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        time.sleep(0.01)
+        return
+    if hasattr(select, "poll"):  # any descriptor number, unlike select()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.poll()
+    else:  # pragma: no cover (Windows)
+        select.select([], [fd], [])
 
 
 def _detach_stdout() -> None:
     """Point stdout at the null device, so that the flush at exit cannot fail (and print) again.
 
     Python's documented way to exit after EPIPE; in-process callers whose
-    sys.stdout has no descriptor (tests) are left alone.
+    sys.stdout has no descriptor (tests), and a stdout that was never open, are left alone.
     """
+    if sys.stdout is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
@@ -287,6 +349,9 @@ def _run(args: argparse.Namespace) -> int:
     _check_extension(container, fmt, output)
     if output == "-":
         return _to_stdout(args, fmt)
+    descriptor = _descriptor(output)
+    if descriptor is not None:
+        return _to_descriptor(args, fmt, output, descriptor)
     _check_output(args, output)
     summary = _to_file(args, fmt, output)
     _report(args, summary)
@@ -329,9 +394,51 @@ def _check_output(args: argparse.Namespace, output: str) -> None:
             raise _UsageError("OUTPUT is the input file")
         if not args.overwrite and _holds_data(output):
             raise _UsageError(f"{output!r} exists (use --overwrite to replace it)")
-    directory = os.path.dirname(os.path.abspath(output))
+    target = _destination(output)
+    if os.path.islink(target):
+        raise _UsageError(f"cannot write {output!r}: {os.strerror(errno.ELOOP)}")
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise _UsageError(f"cannot write {output!r}: directory {directory!r} does not exist")
+
+
+def _destination(output: str) -> str:
+    """Where the finished file is renamed to: OUTPUT, or the file it links to when OUTPUT is a symlink.
+
+    Renaming over the link would replace the link itself by a regular file (as
+    root, a system link such as one in /dev). ``cp`` and ffmpeg write through a
+    link, so users expect the link to stay and its target to get the audio
+    (created if the link dangles).
+    """
+    return os.path.realpath(output) if os.path.islink(output) else output
+
+
+def _descriptor(output: str) -> int | None:
+    """The number of the open descriptor that OUTPUT names, else None.
+
+    ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N`` (and
+    links to them) are doors to a descriptor the caller set up (``> file``,
+    ``3>&1``), not files to replace: a rename would replace the link (as root,
+    /dev/stdout itself) and the audio would never reach the descriptor. Links
+    are followed one at a time, since resolving them all (realpath) would go
+    through the descriptor to whatever is behind it.
+    """
+    path = os.path.join(os.getcwd(), output)
+    pattern = re.compile(rf"/(?:dev/fd|proc/(?:self|thread-self|{os.getpid()}(?:/task/[0-9]+)?)/fd)/([0-9]+)")
+    for _ in range(40):  # Linux gives up after 40 links too
+        parent, base = os.path.split(path)
+        if base in ("", ".", ".."):
+            return None
+        parent = os.path.realpath(parent)  # /dev/fd -> /proc/self/fd -> /proc/PID/fd
+        path = os.path.join(parent, base)
+        match = pattern.fullmatch(path)
+        if match:
+            return int(match.group(1))
+        try:
+            path = os.path.join(parent, os.readlink(path))
+        except OSError:  # not a link (or unreadable): an ordinary path
+            return None
+    return None
 
 
 def _mode(path: str) -> int:
@@ -395,10 +502,15 @@ def _write(args: argparse.Namespace, fmt: str, out: IO[bytes], bar: ProgressBar 
 
 def _write_and_close(args: argparse.Namespace, fmt: str, out: IO[bytes], name: str,
                      bar: ProgressBar | None) -> dict:
-    """Extract into ``out`` and close it: a full disk may show only when the last buffer is written."""
+    """Extract into ``out`` and close it: a full disk may show only when the last buffer is written.
+
+    Flushed first with :func:`_flush`, which waits on a full non-blocking
+    descriptor, where close() would fail and drop the rest.
+    """
     try:
         summary = _extract(args, fmt, out, name, bar)
         with _writing(name):
+            _flush(out)
             out.close()
     finally:
         if not out.closed:
@@ -407,18 +519,24 @@ def _write_and_close(args: argparse.Namespace, fmt: str, out: IO[bytes], name: s
     return summary
 
 
-def _to_file(args: argparse.Namespace, fmt: str, output: str) -> dict:
-    """Write OUTPUT; the progress bar, if drawn, ends its line whatever happens."""
-    bar = _progress(args, os.path.basename(output))
+def _with_progress(args: argparse.Namespace, label: str, work: Callable[[ProgressBar | None], dict]) -> dict:
+    """Run ``work`` with the progress bar (if any), whose line ends whatever happens."""
+    bar = _progress(args, label)
     try:
-        write = _into_stream if _is_stream(output) else _through_temporary
-        summary = write(args, fmt, output, bar)
+        summary = work(bar)
     except BaseException:
         if bar is not None:
             bar.abort()
         raise
     if bar is not None:
         bar.finish(os.path.getsize(args.input))
+    return summary
+
+
+def _to_file(args: argparse.Namespace, fmt: str, output: str) -> dict:
+    """Write OUTPUT: into it if it is a device or FIFO, else through a temporary file."""
+    write = _into_stream if _is_stream(output) else _through_temporary
+    summary = _with_progress(args, os.path.basename(output), lambda bar: write(args, fmt, output, bar))
     summary["output"] = output
     return summary
 
@@ -429,15 +547,15 @@ def _through_temporary(args: argparse.Namespace, fmt: str, output: str, bar: Pro
     A failure (bad input, full disk) then never leaves a short OUTPUT, and the
     temporary file is removed.
     """
-    name = repr(output)
-    directory = os.path.dirname(os.path.abspath(output))
+    name, target = repr(output), _destination(output)
+    directory = os.path.dirname(os.path.abspath(target))
     with _writing(name):
-        fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".part", dir=directory)
+        fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part", dir=directory)
     try:
         summary = _write_and_close(args, fmt, os.fdopen(fd, "wb"), name, bar)
         with _writing(name):
             os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-            os.replace(partial, output)
+            os.replace(partial, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(partial)
@@ -453,26 +571,87 @@ def _into_stream(args: argparse.Namespace, fmt: str, output: str, bar: ProgressB
     return _write_and_close(args, fmt, os.fdopen(fd, "wb"), name, bar)
 
 
-def _to_stdout(args: argparse.Namespace, fmt: str) -> int:
+def _to_stdout(args: argparse.Namespace, fmt: str, output: str = "-") -> int:
+    """Write into stdout (``-o -``, ``-o /dev/stdout``) through sys.stdout, after what print() left in it.
+
+    Started with stdout closed, sys.stdout is None and descriptor 1 may since
+    have been reused for one of our own files: a write error, never a write.
+    """
     if args.json:
-        raise _UsageError("--json prints a summary on stdout; it cannot be combined with -o -")
-    if sys.stdout.isatty():
-        raise _UsageError("refusing to write binary audio to a terminal (redirect stdout or use -o FILE)")
+        raise _UsageError(f"--json prints a summary on stdout; it cannot be combined with -o {output}")
+    if sys.stdout is None:
+        raise _WriteError(STDOUT, OSError(errno.EBADF, "not open (the command was started with stdout closed; "
+                                                       "use -o FILE)"))
+    _check_descriptor(args, _fileno(sys.stdout), STDOUT, sys.stdout.isatty())
     stdout = sys.stdout.buffer  # may be raw (python -u): _Sink completes short writes
-    bar = _progress(args, "stdout")
-    try:
+
+    def write(bar: ProgressBar | None) -> dict:
         summary = _extract(args, fmt, stdout, STDOUT, bar)
         with _writing(STDOUT):
-            stdout.flush()
-    except BaseException:
-        if bar is not None:
-            bar.abort()
-        raise
-    if bar is not None:
-        bar.finish(os.path.getsize(args.input))
-    summary["output"] = "-"
+            _flush(stdout)
+        return summary
+
+    summary = _with_progress(args, STDOUT, write)
+    summary["output"] = output
     _report(args, summary)
     return EXIT_OK
+
+
+def _to_descriptor(args: argparse.Namespace, fmt: str, output: str, fd: int) -> int:
+    """Write into the open descriptor ``fd`` that OUTPUT names (see _descriptor), as ``-o -`` does stdout.
+
+    Nothing is created or replaced, so there is no --overwrite check; writing
+    through a duplicate keeps the descriptor's offset and O_APPEND (``3>>log``),
+    which opening the path again would lose.
+    """
+    if fd == 1:
+        return _to_stdout(args, fmt, output)
+    name = repr(output)
+    out = _open_descriptor(fd, name)
+    try:
+        _check_descriptor(args, out.fileno(), {0: "stdin", 2: "stderr"}.get(fd, output), out.isatty())
+    except BaseException:
+        out.close()
+        raise
+    if fd == 2 and sys.stderr is not None:
+        sys.stderr.flush()  # what we wrote on stderr before comes before the audio
+    summary = _with_progress(args, os.path.basename(output),
+                             lambda bar: _write_and_close(args, fmt, out, name, bar))
+    summary["output"] = output
+    if fd != 2 or args.json:  # the summary line on stderr would land in the audio
+        _report(args, summary)
+    return EXIT_OK
+
+
+def _open_descriptor(fd: int, name: str) -> IO[bytes]:
+    """A binary stream on a duplicate of ``fd``, so that closing it leaves ``fd`` open.
+
+    Descriptor 0 or 2 the command was started without (its sys stream is None)
+    may since have been reused for one of our own files: a write error.
+    """
+    standard = {0: "stdin", 2: "stderr"}.get(fd)
+    if standard and getattr(sys, standard) is None:
+        raise _WriteError(name, OSError(errno.EBADF, f"not open (the command was started with {standard} closed)"))
+    with _writing(name):
+        return os.fdopen(os.dup(fd), "wb")
+
+
+def _fileno(stream: IO) -> int | None:
+    """The descriptor of ``stream``, None if it has none (an in-memory stream)."""
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):
+        return None
+
+
+def _check_descriptor(args: argparse.Namespace, fd: int | None, what: str, terminal: bool) -> None:
+    """Refuse (exit 2) an open descriptor that is a terminal (binary would garble it) or the input file
+    (``1<>talk.mp4``: the audio would overwrite what is being read)."""
+    if terminal:
+        raise _UsageError(f"refusing to write binary audio to a terminal (redirect {what} or use -o FILE)")
+    with contextlib.suppress(OSError):
+        if fd is not None and os.path.samestat(os.fstat(fd), os.stat(args.input)):
+            raise _UsageError("OUTPUT is the input file")
 
 
 def write_rendition(path: str, out: IO[bytes], *, track: str | None = None, limits: Limits | None = None,

@@ -381,11 +381,11 @@ def test_console_script_when_installed(copy):
 @pytest.fixture(autouse=True)
 def never_replace_a_device(monkeypatch):
     """Fail a test, instead of replacing the node, if the CLI renames a file over an existing
-    device or FIFO (as root, over the real /dev/null or /dev/full)."""
+    device, FIFO or symlink (as root, over the real /dev/null, /dev/full or /dev/stdout)."""
     replace = os.replace
 
     def guarded(src, dst, *args, **kwargs):
-        if os.path.exists(dst) and not stat.S_ISREG(os.stat(dst).st_mode):
+        if os.path.islink(dst) or (os.path.exists(dst) and not stat.S_ISREG(os.stat(dst).st_mode)):
             raise AssertionError(f"os.replace over the non-regular file {dst!r}")
         return replace(src, dst, *args, **kwargs)
 
@@ -526,7 +526,12 @@ def read_fifo_in_a_thread(path: str, done: threading.Event) -> tuple[threading.T
     The FIFO is opened read-write (Linux: never blocks, never reads EOF), so the
     thread ends however the writer behaves, even if it replaced the FIFO by a file.
     """
-    fd, chunks = os.open(path, os.O_RDWR), []
+    return drain_in_a_thread(os.open(path, os.O_RDWR), done)
+
+
+def drain_in_a_thread(fd: int, done: threading.Event) -> tuple[threading.Thread, list[bytes]]:
+    """Collect what can be read from ``fd`` until ``done`` is set and nothing is left; then close ``fd``."""
+    chunks: list[bytes] = []
 
     def read() -> None:
         try:
@@ -559,3 +564,220 @@ def test_fifo_is_written_into_not_replaced(copy, tmp_path, argv):
     assert code == 0
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert b"".join(chunks) == (tmp_path / "reference.m4a").read_bytes()
+
+
+# -- stdout closed, outputs that name a descriptor or a symlink, non-blocking pipes ----------------
+
+CLOSED_STDOUT = ("audio-extract: write error: stdout: not open (the command was started with stdout closed; "
+                 "use -o FILE)\n")
+
+
+def test_a_missing_stdout_is_never_touched(copy, tmp_path, monkeypatch, capsys):
+    """Started with stdout closed (``>&-``), Python's sys.stdout is None: a file output still succeeds, and
+    ``-o -`` (or a link to /proc/self/fd/1) is a write error, not a traceback."""
+    source = copy("mp4_faststart")
+    target = tmp_path / "out.m4a"
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", None)
+        assert main([source, "-o", str(target), "--json"]) == 0
+        assert main([source, "-o", "-"]) == 5
+        assert main([source, "-o", str(link), "-y"]) == 5
+    media.assert_audio_identical(source, target)
+    assert capsys.readouterr().err.endswith(CLOSED_STDOUT * 2)
+    assert link.is_symlink()
+
+
+def test_started_with_stdout_closed(copy, tmp_path):
+    source = copy("mp4_faststart")
+    target = tmp_path / "out.m4a"
+    closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "audio_middleware", source]
+    done = subprocess.run([*closed, "-o", str(target), "-q"], capture_output=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, b"")
+    media.assert_audio_identical(source, target)
+    done = subprocess.run([*closed, "-o", "-"], capture_output=True, timeout=120)
+    assert (done.returncode, done.stderr) == (5, CLOSED_STDOUT.encode())
+
+
+needs_proc_fd = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
+
+
+def descriptor_links(tmp_path):
+    """Stand-ins in tmp_path for /dev/stdout, /dev/stderr and /dev/fd (the same links): the real ones must
+    never be at risk, whatever the code under test does."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "stdout").symlink_to("/proc/self/fd/1")
+    (dev / "stderr").symlink_to("/proc/self/fd/2")
+    (dev / "fd").symlink_to("/proc/self/fd")
+    return dev
+
+
+@needs_proc_fd
+def test_outputs_naming_a_descriptor_are_recognised(tmp_path):
+    dev = descriptor_links(tmp_path)
+    (tmp_path / "chain").symlink_to(dev / "stdout")
+    named = {"/dev/stdout": 1, "/dev/stderr": 2, "/dev/fd/5": 5, "/proc/self/fd/7": 7,
+             f"/proc/{os.getpid()}/fd/1": 1, "/proc/thread-self/fd/4": 4, str(dev / "stderr"): 2,
+             str(dev / "fd" / "9"): 9, str(tmp_path / "chain"): 1, "/dev/null": None, "/proc/1/fd/1": None,
+             str(tmp_path / "out.m4a"): None, "/dev/fd": None}
+    assert {path: cli._descriptor(path) for path in named} == named
+
+
+@needs_proc_fd
+@pytest.mark.parametrize("argv", [[], ["-y"]])
+@pytest.mark.parametrize("door", ["stdout", "stderr", "fd"])
+def test_descriptor_outputs_are_written_into(copy, tmp_path, door, argv):
+    """``-o /dev/stdout`` (``/dev/stderr``, ``/dev/fd/N``) with that descriptor on a file: the audio goes into
+    the descriptor (appended here: its O_APPEND is kept), the link is never replaced, no --overwrite needed."""
+    source = copy("mp4_faststart")
+    reference = tmp_path / "reference.m4a"
+    assert main([source, "-o", str(reference), "-q"]) == 0
+    dev = descriptor_links(tmp_path)
+    sink = tmp_path / "sink.m4a"
+    sink.write_bytes(b"head")
+    with open(sink, "ab") as out:
+        output, streams = {"stdout": (dev / "stdout", {"stdout": out, "stderr": subprocess.PIPE}),
+                           "stderr": (dev / "stderr", {"stdout": subprocess.PIPE, "stderr": out}),
+                           "fd": (dev / "fd" / str(out.fileno()), {"capture_output": True,
+                                                                   "pass_fds": [out.fileno()]})}[door]
+        done = subprocess.run([sys.executable, "-m", "audio_middleware", source, "-o", str(output), *argv],
+                              timeout=120, **streams)
+    assert done.returncode == 0, done.stderr
+    assert sink.read_bytes() == b"head" + reference.read_bytes()  # for stderr: without the summary line
+    assert [os.readlink(dev / name) for name in ("stdout", "stderr", "fd")] == [
+        "/proc/self/fd/1", "/proc/self/fd/2", "/proc/self/fd"]
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(source), "dev", "reference.m4a", "sink.m4a"])
+
+
+@needs_proc_fd
+@pytest.mark.parametrize("door, stream", [("-", "stdout"), ("stdout", "stdout"), ("stderr", "stderr")])
+def test_descriptor_output_on_a_terminal_is_refused(copy, tmp_path, door, stream):
+    dev = descriptor_links(tmp_path)
+    output = door if door == "-" else str(dev / door)
+    master, terminal = os.openpty()
+    done = threading.Event()
+    thread, chunks = drain_in_a_thread(master, done)  # so that a binary write into the terminal cannot block
+    try:
+        streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: terminal}
+        process = subprocess.run([sys.executable, "-m", "audio_middleware", copy("mp4_faststart"), "-o", output],
+                                 timeout=120, **streams)
+    finally:
+        done.set()
+        thread.join(10)
+        os.close(terminal)
+    message = (f"audio-extract: usage: refusing to write binary audio to a terminal (redirect {stream} or use "
+               f"-o FILE)").encode()
+    assert process.returncode == 2
+    assert (process.stderr if stream == "stdout" else b"".join(chunks)).rstrip() == message
+    if stream == "stdout":
+        assert b"".join(chunks) == b""
+
+
+def test_symlink_output_is_replaced_at_its_target(copy, tmp_path, capsys):
+    """As with cp and ffmpeg, a symlink OUTPUT stays a link and its target gets the audio (the guard above
+    fails the test if a file is renamed over the link)."""
+    source = copy("mp4_faststart")
+    real, link = tmp_path / "real.m4a", tmp_path / "link.m4a"
+    link.symlink_to("real.m4a")  # dangling: the target is created
+    assert main([source, "-o", str(link), "-q"]) == 0
+    media.assert_audio_identical(source, real)
+    real.write_bytes(b"keep me")
+    assert main([source, "-o", str(link), "-q"]) == 2
+    assert real.read_bytes() == b"keep me"
+    assert main([source, "-o", str(link), "-q", "-y"]) == 0
+    media.assert_audio_identical(source, real)
+    assert os.readlink(link) == "real.m4a"
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "away.m4a").symlink_to("missing/x.m4a")
+    capsys.readouterr()
+    assert main([source, "-o", str(tmp_path / "loop"), "-f", "aac"]) == 2
+    assert main([source, "-o", str(tmp_path / "away.m4a")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"audio-extract: usage: cannot write {str(tmp_path / 'loop')!r}: {os.strerror(errno.ELOOP)}",
+        f"audio-extract: usage: cannot write {str(tmp_path / 'away.m4a')!r}: directory "
+        f"{str(tmp_path / 'missing')!r} does not exist"]
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(source), "away.m4a", "link.m4a", "loop",
+                                                   "real.m4a"])
+
+
+class CountingFileIO(io.FileIO):
+    """A raw stream that counts its write calls."""
+
+    calls = 0
+
+    def write(self, data):
+        self.calls += 1
+        return super().write(data)
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="needs Linux pipe sizes")
+@pytest.mark.parametrize("buffered", [False, True])
+def test_sink_waits_for_a_full_non_blocking_pipe(buffered):
+    """A non-blocking pipe that is full: a raw write returns None, a buffered one raises BlockingIOError. The
+    sink must wait for the reader (a few hundred writes at most), neither spin (one write per microsecond) nor
+    fail."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    raw = CountingFileIO(write, "wb", closefd=False)
+    stream = io.BufferedWriter(raw) if buffered else raw
+    data, errors = os.urandom(1 << 18), []
+
+    def produce() -> None:
+        try:
+            sink = cli._Sink(stream)
+            sink.write(data)
+            sink.flush()
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            os.close(write)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # the reader is away
+    received = b"".join(iter(lambda: os.read(read, 1 << 16), b""))
+    os.close(read)
+    thread.join(10)
+    assert errors == [] and received == data
+    assert raw.calls < 1000
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="needs Linux pipe sizes")
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_non_blocking_stdout_pipe_gets_every_byte(copy, tmp_path, unbuffered):
+    source = copy("flv_aac")
+    reference = tmp_path / "reference.flv"
+    assert main([source, "-o", str(reference), "-q"]) == 0
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env.update({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "audio_middleware", source, "-o", "-", "-q"],
+                                   stdout=write, stderr=subprocess.PIPE, env=env)
+    finally:
+        os.close(write)
+    time.sleep(0.5)  # the reader is away: the pipe fills
+    received = b"".join(iter(lambda: os.read(read, 1 << 16), b""))
+    os.close(read)
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr) == (0, b"")
+    assert received == reference.read_bytes()
+
+
+@needs_proc_fd
+@pytest.mark.parametrize("output", ["-", "stdout"])
+def test_descriptor_output_on_the_input_is_refused(copy, tmp_path, output):
+    """``-o - 1<>talk.mp4`` (or ``-o /dev/stdout``): the audio would overwrite the input while it is read."""
+    source = copy("mp4_faststart")
+    before = open(source, "rb").read()
+    output = output if output == "-" else str(descriptor_links(tmp_path) / output)
+    with open(source, "r+b") as same:
+        done = subprocess.run([sys.executable, "-m", "audio_middleware", source, "-o", output], stdout=same,
+                              stderr=subprocess.PIPE, timeout=120)
+    assert (done.returncode, done.stderr) == (2, b"audio-extract: usage: OUTPUT is the input file\n")
+    assert open(source, "rb").read() == before
