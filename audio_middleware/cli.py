@@ -194,7 +194,7 @@ def _handle(args: argparse.Namespace) -> int:
         _complain(args, EXIT_WRITE, "i/o error", f"{where}{error.strerror or error}")
         return EXIT_WRITE
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+        _say(f"{PROG}: interrupted\n")
         return 130
 
 
@@ -323,8 +323,15 @@ def _detach_stdout() -> None:
             os.close(devnull)
 
 
+def _say(text: str) -> None:
+    """Write a message on stderr; started with stderr closed (``2>&-``), Python sets sys.stderr to
+    None: the message goes nowhere (never into the output), and the exit status still tells."""
+    if sys.stderr is not None:
+        sys.stderr.write(text)
+
+
 def _complain(args: argparse.Namespace, code: int, label: str, message: str) -> None:
-    sys.stderr.write(f"{PROG}: {label}: {message}\n")
+    _say(f"{PROG}: {label}: {message}\n")
     if args.json:
         print(json.dumps({"error": {"exit_code": code, "kind": label, "message": message}}))
 
@@ -476,7 +483,7 @@ def _umask() -> int:
 
 
 def _progress(args: argparse.Namespace, label: str) -> ProgressBar | None:
-    if args.quiet or args.no_progress or not sys.stderr.isatty():
+    if args.quiet or args.no_progress or sys.stderr is None or not sys.stderr.isatty():
         return None
     return ProgressBar(sys.stderr, label)
 
@@ -682,8 +689,7 @@ def _report(args: argparse.Namespace, summary: dict) -> None:
     elif not args.quiet:
         duration = summary.get("duration")
         took = f", {duration:.2f} s" if duration else ""
-        sys.stderr.write(f"{summary['output']}: {summary['format']} ({summary['method']}), "
-                         f"{summary['size']} bytes{took}\n")
+        _say(f"{summary['output']}: {summary['format']} ({summary['method']}), {summary['size']} bytes{took}\n")
 
 
 # -- --info --------------------------------------------------------------------------------------
@@ -701,7 +707,7 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print(format_info(args.input, facts))
     if not tracks:
-        sys.stderr.write(f"{PROG}: no audio: {args.input} has no audio track\n")
+        _say(f"{PROG}: no audio: {args.input} has no audio track\n")
         return EXIT_UNSUPPORTED
     return EXIT_OK
 

@@ -600,6 +600,22 @@ def test_started_with_stdout_closed(copy, tmp_path):
     assert (done.returncode, done.stderr) == (5, CLOSED_STDOUT.encode())
 
 
+def test_started_with_stderr_closed(copy, tmp_path):
+    """``2>&-``: messages go nowhere (never into the output) and the exit status still tells."""
+    source = copy("mp4_faststart")
+    target = tmp_path / "out.m4a"
+    closed = ["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "audio_middleware"]
+    done = subprocess.run([*closed, source, "-o", str(target)], capture_output=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, b"")
+    media.assert_audio_identical(source, target)
+    done = subprocess.run([*closed, str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.m4a")],
+                          capture_output=True, timeout=120)
+    assert (done.returncode, done.stdout) == (2, b"")
+    done = subprocess.run([*closed, source, "-o", "-"], capture_output=True, timeout=120)
+    assert done.returncode == 0
+    media.assert_audio_identical(source, done.stdout)
+
+
 needs_proc_fd = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
 
 
