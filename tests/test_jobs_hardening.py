@@ -1,6 +1,7 @@
 """Review fixes of the job API, each test failing without its fix: callback attempts bounded against
-receivers that trickle, one callback key for processes starting together, documented 400s (not 500s) for
-hostile input, and partial files of dead processes removed at start."""
+receivers that trickle, resolve slowly or drop connects, one callback key for processes starting together,
+documented 400s (not 500s) for hostile input, and partial files of dead processes (even one that had this
+process's pid) removed at start."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from audio_middleware import jobs
 from audio_middleware.jobs.store import Store
 
 try:  # works whether or not tests/ is a package
-    from tests.test_jobs_support import PROJECT_A, Api, Receiver, new_app, wait_for
+    from tests.test_jobs_support import PROJECT_A, Api, Receiver, install_gate, new_app, wait_for
 except ImportError:  # pragma: no cover
-    from test_jobs_support import PROJECT_A, Api, Receiver, new_app, wait_for
+    from test_jobs_support import PROJECT_A, Api, Receiver, install_gate, new_app, wait_for
 
 
 # -- callbacks: a receiver that trickles cannot hold up the dispatcher -----------------------------------
@@ -149,6 +150,116 @@ def test_close_cuts_a_callback_in_flight_and_keeps_it_pending(tmp_path, make, se
     assert delivery["state"] == "PENDING" and delivery["attempts"] == 0  # resumed, uncounted, at the next start
 
 
+# -- callbacks: name lookups and connects count against the deadline too ------------------------------
+
+
+class FakeDns:
+    """Stands in for ``socket.getaddrinfo``: the names added answer with 127.0.0.1 (``copies`` times, like a
+    name with that many addresses), ``slow`` ones only once released; other names go to the real resolver.
+    ``asked`` holds when each added name was first looked up (when the attempt started)."""
+
+    def __init__(self) -> None:
+        self.real = socket.getaddrinfo
+        self.names: dict[str, tuple[int, bool]] = {}
+        self.asked: dict[str, float] = {}
+        self.release = threading.Event()
+
+    def add(self, name: str, copies: int = 1, slow: bool = False) -> str:
+        self.names[name] = (copies, slow)
+        return name
+
+    def __call__(self, host, port, *args, **kwargs):
+        if host not in self.names:
+            return self.real(host, port, *args, **kwargs)
+        self.asked.setdefault(host, time.monotonic())
+        copies, slow = self.names[host]
+        if slow:
+            self.release.wait(20)
+        return self.real("127.0.0.1", port, *args, **kwargs) * copies
+
+
+@pytest.fixture
+def dns(monkeypatch):
+    fake = FakeDns()
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    yield fake
+    fake.release.set()  # a lookup left behind ends (before the apps are closed: requested after them)
+
+
+@pytest.fixture
+def blackhole():
+    """A loopback port whose connects never complete, like a firewalled address: its listener's accept
+    queue is full, so the SYNs are dropped."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = server.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.3).close()
+    except TimeoutError:
+        pass
+    else:  # pragma: no cover - depends on the kernel
+        pytest.skip("this system completes connects to a full accept queue")
+    yield port
+    for sock in [*fillers, server]:
+        sock.close()
+
+
+@pytest.mark.parametrize("case", ["slow name lookup", "8 addresses dropping connects"])
+def test_connecting_counts_against_the_callback_deadline(tmp_path, make, apps, servers, dns, request, case):
+    """A DNS answer slower than ``callback_timeout``, or a name whose 8 addresses all drop connects, holds
+    the dispatcher ``callback_timeout`` in all (not the resolver's time, nor the timeout once per address)."""
+    timeout = 0.5
+    healthy = servers()
+    if case == "slow name lookup":
+        name, port = dns.add("slow.invalid", slow=True), healthy.server.server_address[1]
+    else:
+        name, port = dns.add("dropping.invalid", copies=8), request.getfixturevalue("blackhole")
+    hostile = f"http://{name}:{port}/hook"
+    by_name = healthy.url.replace("127.0.0.1", dns.add("healthy.invalid"))  # a lookup that answers still works
+    app = new_app(tmp_path / "data", callback_urls=[hostile, by_name], callback_timeout=timeout,
+                  callback_attempts=1, callback_secret="k" * 32)
+    apps.append(app)
+    api = Api(app)
+    api.extract(api.upload(make("flv_aac")))
+    ended: list[float] = []
+
+    def hostile_failed() -> bool:
+        if any(row["url"] == hostile and row["state"] == "FAILED" for row in app.store.deliveries()):
+            ended.append(time.monotonic())
+        return bool(ended)
+
+    wait_for(hostile_failed, timeout=10, what="the attempt to the hostile receiver")
+    assert ended[0] - dns.asked[name] < 2 * timeout
+    error = next(row["last_error"] for row in app.store.deliveries() if row["url"] == hostile)
+    assert error.startswith("Timeout: no answer within 0.5 s"), error
+    wait_for(lambda: len(healthy.requests) == 1, timeout=5, what="the callback to the receiver found by name")
+
+
+@pytest.mark.parametrize("case", ["name lookup", "connect"])
+def test_close_cuts_a_lookup_or_connect_in_flight(tmp_path, make, apps, dns, request, case):
+    """``app.close()`` ends an attempt at once even before it has a connection: looking up the name, or
+    connecting to an address that drops connects. The delivery stays pending, not counted."""
+    if case == "name lookup":
+        name, port = dns.add("slow.invalid", slow=True), 9
+    else:
+        name, port = dns.add("dropping.invalid"), request.getfixturevalue("blackhole")
+    app = new_app(tmp_path / "data", callback_urls=[f"http://{name}:{port}/hook"], callback_timeout=30,
+                  callback_secret="k" * 32)
+    apps.append(app)
+    api = Api(app)
+    api.extract(api.upload(make("flv_aac")))
+    wait_for(lambda: name in dns.asked, what="the attempt in flight")
+    time.sleep(0.2)  # into the lookup or connect
+    started = time.monotonic()
+    app.close()
+    assert time.monotonic() - started < 2
+    delivery = app.store.deliveries()[0]
+    assert delivery["state"] == "PENDING" and delivery["attempts"] == 0
+
+
 # -- the generated callback key --------------------------------------------------------------------------
 
 
@@ -270,12 +381,44 @@ def test_partials_of_dead_processes_are_removed_at_start(tmp_path, apps, live_pr
                partial("other-host~1~", mtime=hour_ago),             # not checkable, long untouched
                partial(f"{host}~{live_process.pid}~", mtime=hour_ago)}  # live pid, but untouched: reused pid
     kept = {partial(f"{host}~{live_process.pid}~", ".upload"),        # another live process writes it
-            partial(f"{host}~{os.getpid()}~", ".upload"),             # this process writes it
+            partial(f"{host}~{os.getpid()}~", ".upload"),             # our pid, recently written
             partial("", ".mp3"), partial("other-host~1~")}            # not checkable, recently written
     app = new_app(data, workers=1)
     apps.append(app)
     left = set(os.listdir(store.root / "tmp"))
     assert left == kept and not left & removed
+
+
+def test_partials_with_our_pid_are_removed_when_stale_unless_we_write_them(tmp_path, make, apps, monkeypatch):
+    """A killed earlier process that had this process's pid (a container restarts with the same hostname and
+    pids) left partials named as ours: they are removed like a possibly reused pid's, once untouched for
+    max(lease, STALE_PARTIAL). What this process writes (a running task's output, an upload) is kept however
+    long since its last write."""
+    gate = install_gate(monkeypatch)
+    app = new_app(tmp_path / "data", workers=1)
+    apps.append(app)
+    api = Api(app)
+    asset_id = api.upload(make("flv_aac"))
+    api.extract(asset_id)
+    wait_for(lambda: gate.started() == 1, what="the task running")
+    store = app.store
+    (output,) = store.partials()  # the running task's
+    two_days_ago = time.time() - 2 * 86400
+    leftover, recent = store.temp_path(".aac"), store.temp_path(".upload")  # named as ours, not ours
+    for path in (leftover, recent):
+        path.write_bytes(b"left by the killed process")
+    for path in (output, leftover):
+        os.utime(path, (two_days_ago, two_days_ago))
+    assert app.pool.remove_stale_partials() == 1
+    assert set(store.partials()) == {output, recent}
+    with store.partial(".upload") as upload:
+        upload.write_bytes(b"an upload in flight")
+        os.utime(upload, (two_days_ago, two_days_ago))
+        assert app.pool.remove_stale_partials() == 0
+        assert set(store.partials()) == {output, upload, recent}
+    assert not upload.exists()
+    gate.open.set()
+    assert api.wait(asset_id)["status"] == "SUCCEEDED"
 
 
 def test_callbacks_without_requests_refuse_to_start_in_one_line(tmp_path, monkeypatch):

@@ -317,12 +317,9 @@ class JobApp:
             raise ApiError(errors.LENGTH_REQUIRED)
         if request.content_length is not None and request.content_length > self.max_upload:
             raise ApiError(errors.TOO_LARGE, f"Uploads are limited to {self.max_upload} bytes")
-        temp = self.store.temp_path(".upload")
-        try:
+        with self.store.partial(".upload") as temp:
             container = self._receive(request, temp)
             asset = self.store.adopt(project_id, name, temp, CONTENT_TYPES[container])
-        finally:
-            temp.unlink(missing_ok=True)
         location = self._content_url(adapter, project_id, asset["asset_id"])
         return _json(asset, 201, {"Location": location})
 

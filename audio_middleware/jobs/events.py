@@ -14,6 +14,9 @@ seconds whatever the receiver does. ``requests``' own timeout bounds each
 socket read, not the attempt (a receiver sending one header byte per read
 would never time out), so a watchdog shuts down the attempt's socket at the
 deadline (:class:`_Deadline`); ``shutdown`` wakes the blocked read at once.
+The time before there is a socket counts too: the name is looked up on a
+helper thread waited for only until the deadline, and each address is given
+only the time left to connect (:class:`_BoundedConnection`).
 
 Receivers verify the ``X-Audio-Signature`` header::
 
@@ -28,10 +31,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -64,18 +69,24 @@ class _Deadline:
     a timer shuts them down at the deadline, which makes the blocked ``recv``
     return at once and the attempt fail. A duplicate descriptor is kept, not
     the socket object, because TLS wrapping detaches the original socket.
+    Waits before there is a socket (a name lookup) end at the deadline too
+    (:meth:`wait`).
     """
 
     def __init__(self, seconds: float) -> None:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        self._waiting: list[threading.Event] = []
         self._done = False
         self.expired = False
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
         self._timer = threading.Timer(seconds, self.expire)
         self._timer.daemon = True
 
     def __enter__(self) -> _Deadline:
         _current.deadline = self
+        self._end = time.monotonic() + self.seconds
         self._timer.start()
         return self
 
@@ -87,6 +98,22 @@ class _Deadline:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
             sock.close()  # only our duplicate: a kept-alive connection stays usable
+
+    def remaining(self) -> float:
+        """Seconds left to the attempt: 0 once the deadline has passed or the attempt was cut."""
+        return 0.0 if self.expired else max(0.0, self._end - time.monotonic())
+
+    @property
+    def passed(self) -> bool:
+        """The attempt is out of time (its failure is then the deadline's, whatever error it shows)."""
+        return self.remaining() <= 0
+
+    def wait(self, event: threading.Event) -> None:
+        """Wait for ``event`` at most until the deadline; :meth:`expire` (e.g. by ``stop()``) ends it at once."""
+        with self._lock:
+            if not self.expired:
+                self._waiting.append(event)
+        event.wait(self.remaining())
 
     def watch(self, sock: socket.socket | None) -> None:
         """Remember a socket of this attempt (cut at once if the deadline has already passed)."""
@@ -112,6 +139,8 @@ class _Deadline:
             self.expired = True
             for sock in self._sockets:
                 _cut(sock)
+            for event in self._waiting:
+                event.set()
 
 
 def _cut(sock: socket.socket) -> None:
@@ -128,11 +157,80 @@ def _watch(sock: socket.socket | None) -> None:
         deadline.watch(sock)
 
 
+def _resolve(host: str, port: int, deadline: _Deadline) -> list[tuple]:
+    """``getaddrinfo`` for ``host``, given only the time left to the attempt.
+
+    Why: the system resolver takes no timeout (a slow DNS server holds it for
+    all its retries), so a name is looked up on a helper thread that is left
+    behind, to end when the resolver does, once the deadline passes. A
+    numeric address needs no lookup and is answered here.
+    """
+    from urllib3.util.connection import allowed_gai_family
+
+    family = allowed_gai_family()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass  # a name: look it up below
+    else:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    answer: list = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except Exception as error:  # noqa: BLE001 - handed to the attempt, which fails with it
+            answer.append(error)
+        done.set()
+
+    threading.Thread(target=lookup, name="audio-jobs-resolve", daemon=True).start()
+    deadline.wait(done)
+    if not answer:
+        raise TimeoutError(f"no address for {host} within the attempt's {deadline.seconds:g} s")
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    return answer[0]
+
+
+def _connect(addresses: list[tuple], deadline: _Deadline, timeout: object, source_address: tuple | None,
+             options: list | None) -> socket.socket:
+    """A socket connected to the first of ``addresses`` that answers, each try given only the time left.
+
+    Why: urllib3 gives every address its whole connect timeout, so a name
+    with several addresses that drop connections held the attempt that many
+    times over. The socket is watched from before its connect, so
+    :meth:`_Deadline.expire` (``stop()``) also cuts a connect in progress.
+    """
+    error = OSError("getaddrinfo returned no address")
+    for family, kind, proto, _, address in addresses:
+        left = deadline.remaining()
+        if left <= 0:
+            raise TimeoutError(f"no time left to connect within {deadline.seconds:g} s")
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(min(timeout, left) if isinstance(timeout, (int, float)) else left)
+            if source_address:
+                sock.bind(source_address)
+            deadline.watch(sock)
+            sock.connect(address)
+            return sock
+        except OSError as failure:
+            error = failure
+            sock.close()
+    raise error
+
+
 class _WatchedConnection:
     """Mixed into urllib3's connection classes: registers the socket with the running attempt's deadline.
 
     ``_new_conn`` covers a new connection right after the TCP connect (before
     any TLS handshake or proxy tunnel); ``request`` covers a kept-alive one.
+    Plain connections get :class:`_BoundedConnection`, which bounds the
+    connect as well; this class alone serves those that open their socket
+    their own way (a SOCKS proxy's).
     """
 
     sock: socket.socket | None
@@ -147,13 +245,55 @@ class _WatchedConnection:
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
+class _BoundedConnection(_WatchedConnection):
+    """Mixed into urllib3's plain connection classes: the name lookup and the connects obey the deadline too.
+
+    Why: ``_WatchedConnection`` only sees a socket once connected, so DNS
+    and TCP connects (once per address) ran outside the attempt's deadline.
+    This replaces urllib3's ``HTTPConnection._new_conn`` during an attempt,
+    raising the same urllib3 errors.
+    """
+
+    host: str
+    port: int
+    timeout: object
+    source_address: tuple | None
+    socket_options: list | None
+    _dns_host: str
+
+    def _new_conn(self) -> socket.socket:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is None:
+            return super()._new_conn()
+        from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+        try:
+            addresses = _resolve(self._dns_host.strip("[]"), self.port, deadline)
+            sock = _connect(addresses, deadline, self.timeout, self.source_address, self.socket_options)
+        except socket.gaierror as error:
+            raise NewConnectionError(self, f"Failed to resolve '{self.host}' ({error})") from error
+        except TimeoutError as error:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out ({error})") from error
+        except OSError as error:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
+
 @functools.cache
 def _watched_pool(pool_class: type) -> type:
-    """``pool_class`` with its connections registering their sockets (one class per pool class)."""
+    """``pool_class`` with its connections registering their sockets (one class per pool class).
+
+    A connection class that opens its socket as urllib3's ``HTTPConnection``
+    does gets the bounded connect; any other keeps its own ``_new_conn``.
+    """
+    from urllib3.connection import HTTPConnection
+
     if issubclass(pool_class.ConnectionCls, _WatchedConnection):
         return pool_class
-    connection = type(f"Watched{pool_class.ConnectionCls.__name__}", (_WatchedConnection, pool_class.ConnectionCls),
-                      {})
+    plain = getattr(pool_class.ConnectionCls, "_new_conn", None) is HTTPConnection._new_conn
+    mixin = _BoundedConnection if plain else _WatchedConnection
+    connection = type(f"Watched{pool_class.ConnectionCls.__name__}", (mixin, pool_class.ConnectionCls), {})
     return type(f"Watched{pool_class.__name__}", (pool_class,), {"ConnectionCls": connection})
 
 
@@ -306,7 +446,7 @@ class Dispatcher:
 
         Only the status matters: the body is never read (``stream=True``, then
         closed), and the deadline cuts a receiver that trickles what comes
-        before it.
+        before it, as well as a slow name lookup or connect.
         """
         with _Deadline(self.timeout) as deadline:
             self._inflight = deadline
@@ -319,7 +459,7 @@ class Dispatcher:
                         return None
                     return f"HTTP {response.status_code}"
             except Exception as failure:  # noqa: BLE001 - requests raises many kinds; all mean "retry later"
-                if deadline.expired:
+                if deadline.passed:
                     return f"Timeout: no answer within {self.timeout:g} s ({type(failure).__name__})"
                 return f"{type(failure).__name__}: {failure}"
             finally:

@@ -43,6 +43,9 @@ OUTPUTS = {"AAC": (".aac", "audio/aac"), "MP3": (".mp3", "audio/mpeg")}
 EVENT_TYPES = {SUCCEEDED: "extract_audio.succeeded", FAILED: "extract_audio.failed"}
 #: This host in temporary file names (file-name safe, never contains "~").
 HOST_TAG = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+#: Names of the partial files this process is writing (see :meth:`Store.partial`). No lock: set operations
+#: are atomic, and a lock held by another thread at a fork would stay held in the child.
+_WRITING: set[str] = set()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS assets (
@@ -139,6 +142,11 @@ def partial_owner(path: Path) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
+def writing(path: Path) -> bool:
+    """True when this process is writing the partial file ``path`` (one of :meth:`Store.partial`)."""
+    return path.name in _WRITING
+
+
 def task_json(row: dict) -> dict:
     """The public shape of a task (GET answer, event payload)."""
     task = {"asset_id": row["asset_id"], "audio_asset_id": row["audio_asset_id"], "project_id": row["project_id"],
@@ -203,6 +211,25 @@ class Store:
         """
         return self.root / "tmp" / f"{HOST_TAG}~{os.getpid()}~{new_id()}{suffix}.part"
 
+    @contextmanager
+    def partial(self, suffix: str = "") -> Iterator[Path]:
+        """A new partial file name (:meth:`temp_path`), known to be this process's until it is deleted at exit.
+
+        Why: the pid in a partial's name may be that of a killed earlier
+        process that this one now has (a container restarts with the same
+        hostname and small pids). Only the names registered here are certainly
+        being written by this process; the cleanup at start keeps those and
+        treats other partials of its pid like those of any pid that may have
+        been reused.
+        """
+        path = self.temp_path(suffix)
+        _WRITING.add(path.name)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+            _WRITING.discard(path.name)
+
     def partials(self) -> list[Path]:
         """The partial files in tmp/ (of every process using this data directory)."""
         try:
@@ -237,12 +264,9 @@ class Store:
     def import_file(self, project_id: str, source: str | os.PathLike, content_type: str,
                     name: str | None = None) -> dict:
         """Copy a file from disk into the store (the command-line import)."""
-        temp = self.temp_path()
-        try:
+        with self.partial() as temp:
             shutil.copyfile(source, temp)
             return self.adopt(project_id, name or Path(source).name, temp, content_type)
-        finally:
-            temp.unlink(missing_ok=True)
 
     def asset(self, project_id: str, asset_id: str) -> dict | None:
         rows = self._read("SELECT * FROM assets WHERE project_id = ? AND asset_id = ?", (project_id, asset_id))

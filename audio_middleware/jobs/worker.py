@@ -23,11 +23,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..elementary import TranscodeUnavailable, write_audio
 from ..errors import AudioExtractionError, LimitExceeded, MalformedMedia, NoAudioTrack, UnsupportedMedia
 from ..limits import Limits
-from .store import HOST_TAG, Store, partial_owner
+from .store import HOST_TAG, Store, partial_owner, writing
 
 log = logging.getLogger("audio_middleware.jobs")
 HOST = socket.gethostname()
@@ -189,15 +190,18 @@ class WorkerPool:
         this host whose process has exited is deleted. One whose writer cannot
         be checked (another host, a name from an older version, a pid that may
         have been reused) is deleted only once nobody has written to it for
-        ``max(lease, STALE_PARTIAL)`` seconds. This process's own partials are
-        in flight (uploads) and always kept.
+        ``max(lease, STALE_PARTIAL)`` seconds. That includes a partial named
+        with this process's pid that this process is not writing: a killed
+        earlier process had the same pid (containers restart with the same
+        hostname and small pids). The partials this process is writing
+        (uploads, running tasks: :meth:`Store.partial`) are always kept.
         """
         untouched_since = time.time() - max(self.lease, STALE_PARTIAL)
         removed = 0
         for path in self.store.partials():
+            if writing(path):
+                continue  # in flight in this process, however long since its last write
             owner = partial_owner(path)
-            if owner == (HOST_TAG, os.getpid()):
-                continue
             gone = owner is not None and owner[0] == HOST_TAG and pid_gone(owner[1])
             try:
                 if gone or path.stat().st_mtime < untouched_since:
@@ -232,8 +236,18 @@ class WorkerPool:
 
     def run(self, task: dict) -> None:
         """Extract one claimed task and record its end (or give it back when stopping)."""
+        with self.store.partial(f".{task['format'].lower()}") as temp:
+            event = self._extract(task, temp)
+        if event is not None:
+            self.on_event(event)
+
+    def _extract(self, task: dict, temp: Path) -> dict | None:
+        """Write the task's audio to ``temp`` and record how it ended; returns its event (None if not ended).
+
+        Why apart from :meth:`run`: the partial file stays registered as this
+        process's (never removed as stale) exactly while this runs.
+        """
         audio_id = task["audio_asset_id"]
-        temp = self.store.temp_path(f".{task['format'].lower()}")
         heartbeat = _Heartbeat(self.store, audio_id, self.owner, self.lease, self._stopping)
         urls = self.callback_urls(task["project_id"])
         event = None
@@ -256,7 +270,4 @@ class WorkerPool:
                 log.exception("task %s failed unexpectedly", audio_id)
             reason = str(error) if isinstance(error, AudioExtractionError) else f"internal error: {error}"
             event = self.store.fail(task, self.owner, reason, reason_code(error), urls)
-        finally:
-            temp.unlink(missing_ok=True)
-        if event is not None:
-            self.on_event(event)
+        return event
