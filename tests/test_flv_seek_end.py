@@ -363,3 +363,13 @@ def test_index_and_stream_agree_near_the_end(steps, config, probe_bytes, start):
     except RangeNotSatisfiable:
         streamed = None
     assert streamed == indexed
+
+
+@pytest.mark.parametrize("start", [0.03, 0.001])
+def test_a_wrong_previous_tag_size_after_the_config_is_copied_in_both_modes(start):
+    """With a window, the lazy probe kept the sequence header with a PreviousTagSize of its own, while
+    index mode copied the source's: two byte sequences under one ETag when the source's is wrong."""
+    data = unit.flv(unit.script("onMetaData", unit.metadata()), unit.tag(unit.AUDIO, 0, unit.AAC_CONFIG, prev=999),
+                    *(unit.aac(ts) for ts in (0, 23, 46, 70)))
+    index_out, _ = unit.both(data, start=start)
+    assert (999).to_bytes(4, "big") in index_out

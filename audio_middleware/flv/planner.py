@@ -310,11 +310,6 @@ def _read_script(source: Source, pos: int, size: int, limits: Limits) -> bytes:
     return read_exact(source, pos, TAG_HEADER_SIZE + size, f"the script tag at byte {pos}")
 
 
-def _with_trailer(tag: bytes) -> bytes:
-    """A tag read without its PreviousTagSize, completed with a correct one."""
-    return tag + PREVIOUS_TAG_SIZE.pack(len(tag))
-
-
 def _copy(pos: int, size: int, source_size: int | None, truncated: type[Exception]) -> tuple[Piece, ...]:
     """Pieces copying the tag at ``pos`` and its PreviousTagSize.
 
@@ -532,8 +527,8 @@ class _Probe:
             self.seen_audio = True
             _audio_info(self.info, peek)
         if window.active and is_audio_config(peek, size):
-            tag = read_exact(self.source, pos, TAG_HEADER_SIZE + size, f"the audio tag at byte {pos}")
-            self.hold(_with_trailer(tag))
+            # verbatim, PreviousTagSize included, as index mode copies it: one rendition, one byte sequence
+            self.hold(read_exact(self.source, pos, TAG_OVERHEAD + size, f"the audio tag at byte {pos}"))
             self.latest.config(data_head(peek, size))
             return False
         if ts < window.start_ms:
