@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from werkzeug.datastructures import Headers, Range
 from werkzeug.http import (
@@ -39,20 +40,38 @@ class Validators:
 
 
 def validators_for(headers: Headers, variant: tuple) -> Validators:
-    """Derive the rendition's validators from the upstream response headers."""
+    """Derive the rendition's validators from the upstream response headers.
+
+    Without an ETag, ``Last-Modified`` and ``Content-Length`` stand for the file, but
+    only once it has kept that date for a second (:func:`settled_date`): before that,
+    a second change within the same second would keep both, so the rendition's ETag
+    is weak and its plan is not cached (no ``source``), nor its bytes stored.
+    """
     last_modified = headers.get("Last-Modified")
     etag_header = headers.get("ETag")
     length = headers.get("Content-Length")
+    source: str | None
     if etag_header:
         value, weak = unquote_etag(etag_header)
         source = f"etag:{etag_header}"
     elif last_modified and length:
-        value, weak = f"{last_modified}|{length}", False
-        source = f"lm:{last_modified}|{length}"
+        value, weak = f"{last_modified}|{length}", not settled_date(last_modified, headers.get("Date"))
+        source = None if weak else f"lm:{last_modified}|{length}"
     else:
         return Validators(None, None, last_modified)
     digest = hashlib.sha1(f"{OUTPUT_VERSION}|{value}|{variant!r}".encode()).hexdigest()[:20]
     return Validators(source, quote_etag(f"audio-{digest}", bool(weak)), last_modified)
+
+
+def settled_date(last_modified: str, date: str | None) -> bool:
+    """Whether a ``Last-Modified`` is a strong validator (RFC 9110 8.8.2.2): it is at least one
+    second older than the response's ``Date`` (the app's, else now). A date that does not
+    parse, or lies in the future, is not."""
+    modified = parse_date(last_modified)
+    if modified is None:
+        return False
+    served = parse_date(date) or datetime.now(timezone.utc)
+    return served - modified >= timedelta(seconds=1)
 
 
 def precondition_failed(environ: dict, validators: Validators) -> bool:

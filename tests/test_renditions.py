@@ -17,8 +17,10 @@ import time
 
 import pytest
 from webtest import TestApp
+from werkzeug.datastructures import Headers
 
 from audio_middleware import AudioOnlyMiddleware
+from audio_middleware.rendition import validators_for
 from audio_middleware.renditions import RenditionStore
 from audio_middleware.sources import FileSource
 
@@ -423,6 +425,7 @@ def test_weak_etag_or_no_validators_are_not_stored(media, tmp_path):
 def test_last_modified_and_length_are_a_strong_validator(media, tmp_path):
     path = tmp_path / "v.mp4"
     shutil.copy(media("mp4_faststart"), path)
+    os.utime(path, (time.time() - 7200, time.time() - 7200))  # kept for more than a second (RFC 9110 8.8.2.2)
     store = tmp_path / "store"
     middleware = AudioOnlyMiddleware(FileApp(path, etag=None), rendition_cache=store)
     first = call(middleware)[2]
@@ -431,6 +434,38 @@ def test_last_modified_and_length_are_a_strong_validator(media, tmp_path):
     os.utime(path, (time.time() - 3600, time.time() - 3600))  # a new Last-Modified: a new rendition ETag
     assert call(middleware)[2] == first
     assert middleware.renditions.hits == 1 and len(stored(store)) == 2
+
+
+@pytest.mark.parametrize(("last_modified", "date", "strong"), [
+    ("Wed, 21 Oct 2026 07:28:00 GMT", "Wed, 21 Oct 2026 07:28:01 GMT", True),   # a second later: strong
+    ("Wed, 21 Oct 2026 07:28:00 GMT", "Wed, 21 Oct 2026 07:28:00 GMT", False),  # the same second
+    ("Wed, 21 Oct 2026 07:28:05 GMT", "Wed, 21 Oct 2026 07:28:00 GMT", False),  # after the response's Date
+    ("yesterday", "Wed, 21 Oct 2026 07:28:00 GMT", False),                      # not a date
+    ("Wed, 21 Oct 2026 07:28:00 GMT", None, True),                              # no Date: now, years later
+])
+def test_last_modified_is_strong_from_a_second_before_the_date(last_modified, date, strong):
+    headers = Headers([("Last-Modified", last_modified), ("Content-Length", "10")] + ([("Date", date)] if date else []))
+    validators = validators_for(headers, ("mp4", ()))
+    assert validators.strong is strong
+    assert (validators.source is not None) is strong  # the plan cache keys on strong validators only
+    assert validators.etag.startswith("W/") is not strong
+
+
+def test_a_last_modified_younger_than_a_second_is_a_weak_validator(media, tmp_path):
+    """A file changed this very second may change again within it with the same date and size:
+    its rendition gets a weak ETag, and neither its plan nor its bytes are kept (RFC 9110 8.8.2.2)."""
+    path = tmp_path / "v.mp4"
+    shutil.copy(media("mp4_faststart"), path)
+    now = time.time()
+    os.utime(path, (now + 60, now + 60))  # not settled for the next minute (a clock ahead is not either)
+    store = tmp_path / "store"
+    middleware = AudioOnlyMiddleware(FileApp(path, etag=None), rendition_cache=store)
+    for _ in range(2):
+        _, headers, body = call(middleware)
+        assert dict(headers)["ETag"].startswith('W/"audio-')
+        media_toolkit.assert_audio_identical(path, body)
+    assert len(middleware.cache) == 0 and middleware.cache.hits == 0
+    assert listing(store) == []
 
 
 def test_a_lazy_plan_is_stored_once_recorded(media, tmp_path):
