@@ -1,20 +1,28 @@
-"""Where the time goes: ``python -m bench.profile [http|inprocess|plan] --input big_mp4 --kind file``.
+"""Where the time goes: ``python -m bench.profile [http|inprocess|plan|reads] --input big_mp4 --kind file``.
 
 - ``http``: py-spy samples the gunicorn worker (gthread, 1 worker) while a client
   downloads flagged URLs in a loop; prints the top functions by own time and by
   inclusive time (idle threads excluded), and keeps the raw stacks.
 - ``inprocess``: pyinstrument around the middleware iterated in process (no network).
 - ``plan``: pyinstrument around cold ``plan_mp4``/``plan_flv`` calls.
+- ``reads``: the ways to fetch a file-backed plan's audio spans from the page cache,
+  timed in process (best and median of ``--seconds`` worth of runs), with the worker
+  memory each one maps: the emission loop the middleware uses, a bare ``os.pread``
+  loop, an ``mmap`` made and dropped per request, and one kept across requests. It
+  shows what bounds a download without the rendition store (BENCHMARKS.md).
 
-Needs ``py-spy`` (http) or ``pyinstrument`` (the others): ``pip install py-spy pyinstrument``.
+Needs ``py-spy`` (http) or ``pyinstrument`` (inprocess, plan): ``pip install py-spy pyinstrument``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import mmap
+import os
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -115,9 +123,84 @@ def profile_plan(args: argparse.Namespace, path: pathlib.Path) -> None:
     print(profiler.output_text(unicode=True, color=False, show_all=False))
 
 
+def _rss_file_kb() -> int:
+    """This process's resident file-backed pages (``RssFile``: mapped page cache), in KiB."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _spans_of(path: pathlib.Path) -> tuple[list[int], list[int]]:
+    """The source offsets and lengths of every audio span of the file's (MP4 or FLV) rendition."""
+    from audio_middleware.extract import Selection, plan_source
+    from audio_middleware.limits import Limits
+    from audio_middleware.plan import Span, Spans
+    from audio_middleware.sniff import by_signature
+    from audio_middleware.sources import FileSource
+
+    with open(path, "rb") as f:
+        source = FileSource(f)
+        plan = plan_source(by_signature(source.read(0, 16)), source, Limits(), Selection())
+    offsets: list[int] = []
+    lengths: list[int] = []
+    for piece in plan.pieces:
+        if isinstance(piece, Spans):
+            offsets += piece.offsets
+            lengths += piece.lengths
+        elif isinstance(piece, Span):
+            offsets.append(piece.offset)
+            lengths.append(piece.length)
+    return offsets, lengths
+
+
+def profile_reads(args: argparse.Namespace, path: pathlib.Path) -> None:
+    from audio_middleware.emit import iter_plan_bytes
+    from audio_middleware.plan import Spans
+    from audio_middleware.sources import FileSource
+
+    offsets, lengths = _spans_of(path)
+    total = sum(lengths)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+
+        def emission() -> int:
+            return sum(map(len, iter_plan_bytes([Spans(offsets, lengths)], FileSource(f))))
+
+        def bare_pread() -> int:
+            return len(b"".join(map(os.pread, [fd] * len(offsets), lengths, offsets)))
+
+        def slices(view: mmap.mmap) -> int:
+            return len(b"".join([view[offset:offset + length] for offset, length in zip(offsets, lengths)]))
+
+        def mmap_per_request() -> int:
+            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
+                return slices(view)
+
+        kept = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        ways = {"emission loop (iter_plan_bytes, FileSource.gather)": emission, "bare os.pread loop": bare_pread,
+                "mmap made and dropped per request": mmap_per_request,
+                "mmap kept across requests": lambda: slices(kept)}
+        print(f"{path.name}: {len(offsets)} spans, {total / 1e6:.2f} MB of audio in {size / 1e6:.0f} MB")
+        for name, way in ways.items():
+            before = _rss_file_kb()
+            assert way() == total
+            mapped = _rss_file_kb() - before
+            times = []
+            deadline = time.perf_counter() + args.seconds / len(ways)
+            while time.perf_counter() < deadline or len(times) < 5:
+                start = time.perf_counter()
+                way()
+                times.append((time.perf_counter() - start) * 1000)
+            print(f"  {name:52s} best {min(times):7.2f} ms  median {statistics.median(times):7.2f} ms"
+                  f"  ({len(times)} runs)  RssFile after the first run +{mapped / 1024:.1f} MiB")
+        kept.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("http", "inprocess", "plan"), nargs="?", default="http")
+    parser.add_argument("mode", choices=("http", "inprocess", "plan", "reads"), nargs="?", default="http")
     parser.add_argument("--set", choices=sorted(INPUT_SETS), default="full")
     parser.add_argument("--input", default="big_mp4")
     parser.add_argument("--kind", choices=("file", "stream"), default="file")
@@ -137,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         profile_http(args, path, out)
     elif args.mode == "inprocess":
         profile_inprocess(args, path)
+    elif args.mode == "reads":
+        profile_reads(args, path)
     else:
         profile_plan(args, path)
 

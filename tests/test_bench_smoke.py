@@ -60,3 +60,16 @@ def test_tiny_benchmark_run(tmp_path: pathlib.Path) -> None:
     assert "Targets" in report.text(results)
     text = markdown.read_text()
     assert "hand-written text" in text and report.START in text and report.END in text
+
+
+def test_span_reads_profile_runs_every_way(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench.profile reads`` (what bounds a download without the store) keeps working."""
+    from bench import profile
+
+    for name in ("big_mp4", "big_flv"):
+        profile.main(["reads", "--set", "tiny", "--input", name, "--seconds", "1", "--cache", str(tmp_path)])
+        out = capsys.readouterr().out
+        spans = int(out.split(": ", 1)[1].split(" spans", 1)[0])
+        assert spans > 1
+        for way in ("emission loop", "bare os.pread loop", "mmap made and dropped", "mmap kept"):
+            assert way in out
