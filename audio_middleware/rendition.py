@@ -170,9 +170,11 @@ def _honoured_range(environ: dict, validators: Validators) -> tuple[int, int | N
     if not header or not if_range_allows(environ, validators):
         return None
     header = _without_empty_elements(header)
+    if _EMPTY_SUFFIX.fullmatch(header):
+        # RFC 9110 14.1.1: valid, and never satisfiable; werkzeug 3 rejects it, and werkzeug 2.3
+        # reads it as "0-" (the whole body), so it is decided before either parses it
+        return NO_BYTES
     parsed = parse_range_header(header)
-    if parsed is None and _EMPTY_SUFFIX.fullmatch(header):
-        return NO_BYTES  # werkzeug rejects "-0"; RFC 9110 14.1.1: valid, and never satisfiable
     if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
         return None
     return parsed.ranges[0]

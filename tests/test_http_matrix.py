@@ -284,6 +284,7 @@ class Site:
         response = send_file(str(file), environ, mimetype=mimetype, conditional=True, etag=False, max_age=60)
         response.headers["ETag"] = etag
         response.headers["Vary"] = "Origin"
+        response.headers.setdefault("Accept-Ranges", "bytes")  # werkzeug 3 sends it on every 200, 2.3 does not
         return response(environ, start_response)
 
 

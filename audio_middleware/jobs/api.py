@@ -356,5 +356,7 @@ class JobApp:
             task = self.store.task_by_audio(asset_id)
             status = task["status"] if task else asset["state"]
             raise ApiError(errors.NOT_READY, f"The audio asset is not ready (task status {status})")
-        return send_file(self.store.path(asset["path"]), request.environ, mimetype=asset["content_type"],
-                         download_name=asset["name"], conditional=True, etag=True, max_age=None)
+        response = send_file(self.store.path(asset["path"]), request.environ, mimetype=asset["content_type"],
+                             download_name=asset["name"], conditional=True, etag=True, max_age=None)
+        response.headers.setdefault("Accept-Ranges", "bytes")  # werkzeug 3 sends it on every answer, 2.3 on a 206
+        return response
