@@ -363,6 +363,10 @@ class AudioOnlyMiddleware:
                 pass
             else:
                 return ranged
+        if isinstance(source, SequentialSource) and source.position:
+            # planning went past the start and let it go (the moov came first), then found it needs to go back
+            raise UnsupportedMedia(f"{reason}: the body was read past its start, and the app neither serves a "
+                                   "file nor honours Range")
         if length is not None and length > self.limits.spool_limit:
             raise _ReadTwice(str(reason))
         return spool(source, self.limits.spool_limit)  # type: ignore[arg-type]

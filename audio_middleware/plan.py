@@ -142,6 +142,29 @@ def coalesce(pieces: Iterable[Piece]) -> Iterator[Piece]:
         yield pending
 
 
+#: What :attr:`Plan.footprint` counts (and :mod:`.record` while recording): the plan itself, and each piece
+#: beside the bytes it holds.
+PLAN_COST, PIECE_COST = 256, 64
+
+
+def literal_cost(literal: Literal, viewed: set[int]) -> int:
+    """A literal's share of a footprint: its bytes, or for a view its whole buffer, counted once per
+    buffer (``viewed`` holds the ids of the buffers already counted, each kept alive by its view)."""
+    data = literal.data
+    if not isinstance(data, memoryview):
+        return len(data) + PIECE_COST
+    owner = data.obj
+    if id(owner) in viewed:
+        return PIECE_COST
+    viewed.add(id(owner))
+    return memoryview(owner).nbytes + PIECE_COST
+
+
+def spans_cost(count: int) -> int:
+    """A :class:`Spans` of ``count`` spans: two arrays of 8-byte items, plus their ends once sliced."""
+    return 24 * count + 200
+
+
 @dataclass(frozen=True)
 class Plan:
     """A complete plan: its pieces are known, so is its exact length.
@@ -158,21 +181,15 @@ class Plan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ends", tuple(accumulate(p.length for p in self.pieces)))
-        footprint = 256
+        footprint = PLAN_COST
         viewed: set[int] = set()  # buffers behind memoryview literals, counted whole and once
         for piece in self.pieces:
-            if isinstance(piece, Literal) and isinstance(piece.data, memoryview):
-                owner = piece.data.obj
-                if id(owner) not in viewed:
-                    viewed.add(id(owner))
-                    footprint += memoryview(owner).nbytes
-                footprint += 64
-            elif isinstance(piece, Literal):
-                footprint += len(piece.data) + 64
+            if isinstance(piece, Literal):
+                footprint += literal_cost(piece, viewed)
             elif isinstance(piece, Spans):
-                footprint += 24 * len(piece) + 200  # two arrays of 8-byte items, plus ends once sliced
+                footprint += spans_cost(len(piece))
             else:
-                footprint += 64
+                footprint += PIECE_COST
         object.__setattr__(self, "_footprint", footprint)
 
     @property

@@ -19,14 +19,17 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterator
 
-from .plan import LazyPlan, Literal, Piece, Plan, Span, Spans
-
-#: Estimated bytes per recorded span (two int64 columns and the cumulative ends).
-SPAN_COST = 24
+from .plan import PLAN_COST, LazyPlan, Literal, Piece, Plan, Span, Spans, literal_cost, spans_cost
 
 
 class PlanRecorder:
-    """Collect the pieces of one lazy plan, up to ``max_bytes`` of recorded state."""
+    """Collect the pieces of one lazy plan, up to ``max_bytes`` of recorded state.
+
+    The state is counted as the plan cache counts the finished plan's footprint, every
+    piece recorded so far included: a fragmented MP4 alternates a moof literal and a
+    run of spans, and counting only the pending spans let a recording grow to several
+    times ``max_bytes`` (of span objects) before the cache refused it whole.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -34,7 +37,8 @@ class PlanRecorder:
         self._pieces: list[Piece] = []
         self._offsets = array("q")
         self._lengths = array("q")
-        self._literal_bytes = 0
+        self._cost = PLAN_COST  # of the pieces in self._pieces
+        self._owners: set[int] = set()  # buffers behind memoryview literals, counted whole and once
 
     def add(self, piece: Piece) -> None:
         if self.overflowed:
@@ -42,13 +46,14 @@ class PlanRecorder:
         if isinstance(piece, Literal):
             self._flush_spans()
             self._pieces.append(piece)
-            self._literal_bytes += piece.length
+            self._cost += literal_cost(piece, self._owners)
         elif isinstance(piece, Span):
             self._add_span(piece.offset, piece.length)
         else:
             for offset, length in zip(piece.offsets, piece.lengths):
                 self._add_span(offset, length)
-        if self._literal_bytes + SPAN_COST * len(self._offsets) > self.max_bytes:
+        pending = spans_cost(len(self._offsets)) if self._offsets else 0
+        if self._cost + pending > self.max_bytes:
             self._give_up()
 
     def _add_span(self, offset: int, length: int) -> None:
@@ -63,11 +68,13 @@ class PlanRecorder:
     def _flush_spans(self) -> None:
         if self._offsets:
             self._pieces.append(Spans(self._offsets, self._lengths))
+            self._cost += spans_cost(len(self._offsets))
             self._offsets, self._lengths = array("q"), array("q")
 
     def _give_up(self) -> None:
         self.overflowed = True
         self._pieces, self._offsets, self._lengths = [], array("q"), array("q")
+        self._owners.clear()
 
     def plan(self, lazy: LazyPlan) -> Plan | None:
         """The complete plan of what was recorded (None if it outgrew ``max_bytes``)."""

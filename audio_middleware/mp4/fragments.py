@@ -8,6 +8,11 @@ following ``mdat`` holds only the audio sample runs. ``sidx``, ``mfra``,
 On a random-access source every moof is read up front (payloads skipped), so
 the plan is complete; on a forward-only source the plan is lazy and walks the
 fragments as the bytes go by.
+
+The samples the moov itself describes (a partially fragmented file) go right
+after the new moov, where its chunk offsets put them, wherever they lie in the
+file; a forward-only source can stream them only if they come before every
+fragment with audio.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 
-from ..errors import LimitExceeded, MalformedMedia, UnsupportedMedia
+import numpy as np
+
+from ..errors import LimitExceeded, MalformedMedia, NeedsRandomAccess, UnsupportedMedia
 from ..limits import Limits
 from ..plan import LazyPlan, Literal, Piece, Plan, Span, Spans
 from ..sources import Source, read_exact
@@ -119,10 +126,12 @@ def trun_layout(data: bytes, trun: Box, max_entries: int) -> tuple[int, int, int
 
 
 def _run_length(data: bytes, flags: int, count: int, first: int, width: int, default_size: int | None) -> int:
+    """Bytes of one ``trun``'s samples: its size column summed in place (a 16 MiB moof may hold 4 million
+    sizes; unpacked into Python ints they took 9 times the moof, and seconds), or ``count`` default sizes."""
     if flags & SAMPLE_SIZE:
-        column = 4 if flags & SAMPLE_DURATION else 0
-        records = struct.unpack_from(f">{count * width // 4}I", data, first)
-        return sum(records[column // 4::width // 4])
+        column = 1 if flags & SAMPLE_DURATION else 0
+        records = np.frombuffer(data, ">u4", count * width // 4, first)
+        return int(records[column::width // 4].sum(dtype=np.uint64))
     if default_size is None:
         raise MalformedMedia("track fragment gives no sample size (trun, tfhd and trex all lack one)")
     return count * default_size
@@ -258,19 +267,23 @@ class Fragment:
         return build_box(b"traf", *children)
 
 
-def _walk(source: Source, start: int, head_spans: Spans, head_length: int, kept_ids: set[int],
+def _walk(source: Source, start: int, interleaved: Spans, out_position: int, kept_ids: set[int],
           trex: dict[int, tuple[int, int]], limits: Limits) -> Iterator[Piece]:
-    """Pieces after the head: the progressive spans, then each reduced fragment, in source order.
+    """Pieces after the head: the progressive spans still to send, then each reduced fragment, in source order.
 
-    The progressive spans (the moov's own samples, in a partially fragmented file)
-    go out as slices of one :class:`Spans`, each before the first top-level box
-    that ends after them. The header of the box after a ``moof`` is read before
-    the fragment's spans are yielded: on a forward-only source those spans move
-    the read position past it. The walk begins at top-level offset ``start``.
+    ``interleaved`` are the progressive spans (the moov's own samples, in a partially
+    fragmented file) that a forward-only source gives as it goes by: they go out as
+    slices of that :class:`Spans`, each before the first top-level box that ends after
+    them. The new moov puts all of them right after its mdat header, before any
+    fragment, so a fragment with audio met while some are still to come cannot be
+    streamed in one pass (:class:`UnsupportedMedia`, rather than a moof inside that
+    mdat). ``out_position`` is where the first fragment goes in the output. The header
+    of the box after a ``moof`` is read before the fragment's spans are yielded: on a
+    forward-only source those spans move the read position past it. The walk begins
+    at top-level offset ``start``.
     """
-    offsets, lengths = head_spans.offsets, head_spans.lengths
+    offsets, lengths = interleaved.offsets, interleaved.lengths
     sent = 0  # progressive spans already yielded
-    out_position = head_length + head_spans.length
     box = read_top_header(source, start)
     for _ in range(limits.max_top_level_boxes * 100):
         if box is None:
@@ -283,6 +296,9 @@ def _walk(source: Source, start: int, head_spans: Spans, head_length: int, kept_
             box = read_top_header(source, box.end)
             continue
         pieces = _fragment_pieces(source, box, kept_ids, trex, limits, out_position)
+        if pieces and sent < len(offsets):
+            raise UnsupportedMedia(f"audio described by the moov lies after the fragment at byte {box.offset}: "
+                                   "a forward-only body cannot put it back in front")
         box = read_top_header(source, box.end)
         for piece in pieces:
             out_position += piece.length
@@ -318,12 +334,44 @@ def plan_fragmented(source: Source, layout: Layout, movie: Movie, kept: list[Tra
     """Plan for a movie with ``mvex``: moov samples (if any) plus every fragment's audio."""
     head = build_head(layout, movie, kept, source.size, limits, omit_empty_mdat=True)
     kept_ids = {track.track_id for track in kept}
-    # A forward-only source is past the moov (and it was read before any media data); a file may even
-    # hold fragments before its moov, so it is walked from the start.
-    start = 0 if source.random_access else layout.moov_box.end
-    pieces = _walk(source, start, head.spans, head.length, kept_ids, trex_defaults(movie), limits)
     content_type = content_type_for(layout.major_brand)
     info = describe(layout, kept, True)
+    after_head = head.length + head.spans.length
+    trex = trex_defaults(movie)
     if source.random_access:
-        return Plan((*head.literals, *pieces), content_type, info)
+        # The new moov puts the moov-described samples right after its mdat header, wherever they lie in the
+        # file (even after some fragments): they go first. A file may hold fragments before its moov: walk
+        # from the start.
+        first = [head.spans] if len(head.spans) else []
+        pieces = _walk(source, 0, Spans((), ()), after_head, kept_ids, trex, limits)
+        return Plan((*head.literals, *first, *pieces), content_type, info)
+    # A forward-only source is past the moov (it was read before any media data).
+    start = _streamable_from(source, layout.moov_box.end, head.spans, kept_ids, trex, limits)
+    pieces = _walk(source, start, head.spans, after_head, kept_ids, trex, limits)
     return LazyPlan(chain(head.literals, pieces), content_type, info)
+
+
+def _streamable_from(source: Source, start: int, interleaved: Spans, kept_ids: set[int],
+                     trex: dict[int, tuple[int, int]], limits: Limits) -> int:
+    """Where a forward-only walk begins, after checking, before any byte is sent, the boxes in front
+    of the first moov-described sample (none in the usual layout: it lies in the box after the moov).
+
+    A fragment with audio there would have to go out after that sample, which the stream has
+    not reached yet: :class:`NeedsRandomAccess` (Range sub-requests can still serve the file),
+    where the walk could only abort the answer half-way. Only headers and such moofs are read;
+    the boxes passed hold nothing the walk would send.
+    """
+    if not len(interleaved):
+        return start
+    first = interleaved.offsets[0]
+    if first < start:  # as plan_mp4 checks a progressive plan: only a hostile file does this
+        raise MalformedMedia(f"audio chunk at byte {first} lies before the end of the moov (byte {start}), "
+                             "which a forward-only body has already gone past")
+    for _ in range(limits.max_top_level_boxes):
+        box = read_top_header(source, start)
+        if box is None or box.end > first:
+            return start
+        if box.type == b"moof" and _fragment_pieces(source, box, kept_ids, trex, limits, 0):
+            raise NeedsRandomAccess(f"the fragment at byte {box.offset} comes before audio the moov describes")
+        start = box.end
+    raise LimitExceeded("too many top-level boxes")
