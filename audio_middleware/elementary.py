@@ -27,7 +27,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import islice, repeat
 from typing import IO
 
 from .emit import iter_plan_bytes
@@ -43,6 +43,7 @@ from .flv.tags import FILTER_BIT, PEEK_SIZE, TAG_AUDIO, TAG_HEAD, TAG_HEADER_SIZ
 from .flv.tags import parse_file_header as parse_flv_header
 from .limits import Limits
 from .mp4.boxes import Box, full_box_version, iter_children, only_child, parse_header
+from .mp4.clip import presented_samples
 from .mp4.fragments import (
     DEFAULT_BASE_IS_MOOF,
     SAMPLE_DURATION,
@@ -71,11 +72,20 @@ FORMATS = {"aac": ("aac", "audio/aac", ".aac"), "mp3": ("mp3", "audio/mpeg", ".m
 SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 #: Audio object types whose config is a GASpecificConfig (frameLengthFlag first).
 GA_OBJECT_TYPES = frozenset({1, 2, 3, 4, 6, 7, 17, 19, 20, 21, 22, 23})
+#: Object types ADTS can carry (Main, LC, SSR, LTP): their GASpecificConfig has no extra fields.
+ADTS_OBJECT_TYPES = frozenset({1, 2, 3, 4})
+#: syncExtensionType announcing backward-compatible SBR signalling after a GASpecificConfig.
+SBR_SYNC_EXTENSION = 0x2B7
 #: Largest frame accepted from any source: a real AAC/MP3 frame is a few KB.
 MAX_FRAME = 1024 * 1024
 #: Largest AudioSpecificConfig read from an FLV tag.
 MAX_CONFIG = 64
 
+#: Sample entries whose format is fixed by their codec: (rate, channels).
+FIXED_FORMATS = {b"samr": (8000, 1), b"sawb": (16000, 1)}
+#: AC-3 fscod -> rate, acmod -> full-band channels (ETSI TS 102 366 tables 5.6 and 5.8).
+AC3_RATES = (48000, 44100, 32000)
+AC3_CHANNELS = (2, 1, 2, 3, 3, 4, 4, 5)
 #: objectTypeIndication (MP4 registration authority) -> codec.
 OTI_CODECS = {0x40: "aac", 0x66: "aac", 0x67: "aac", 0x68: "aac", 0x69: "mp3", 0x6B: "mp3", 0xA5: "ac3",
               0xA6: "eac3", 0xA9: "dts", 0xAD: "opus", 0xDD: "vorbis", 0xE1: "qcelp"}
@@ -96,6 +106,9 @@ class _Bits:
         self.data = data
         self.pos = 0
 
+    def remaining(self) -> int:
+        return len(self.data) * 8 - self.pos
+
     def read(self, count: int) -> int:
         if self.pos + count > len(self.data) * 8:
             raise MalformedMedia(f"AudioSpecificConfig of {len(self.data)} bytes is cut short")
@@ -114,10 +127,18 @@ class AacConfig:
     #: The AAC core under SBR/PS (HE-AAC), else ``object_type``: ADTS carries this one.
     core_type: int
     sampling_index: int
+    #: The core's rate (ADTS and frame durations use it).
     sample_rate: int
     channels: int
     frame_length: int
     raw: bytes
+    #: The rate the decoded audio has: SBR's extension rate when the config signals it (HE-AAC at
+    #: 22.05 kHz core plays at 44.1 kHz, and every player and prober says so), else the core's.
+    output_rate: int = 0
+
+    @property
+    def decoded_rate(self) -> int:
+        return self.output_rate or self.sample_rate
 
     def adts_problem(self) -> str | None:
         """Why this stream cannot be carried in ADTS, or None."""
@@ -166,16 +187,36 @@ def parse_audio_specific_config(data: bytes) -> AacConfig:
     object_type = _object_type(bits)
     index, rate = _frequency(bits)
     channels = bits.read(4)
-    core = object_type
+    core, output_rate = object_type, rate
     if object_type in (5, 29):  # explicit SBR/PS signalling: extension rate, then the core type
-        _frequency(bits)
+        output_rate = _frequency(bits)[1]
         core = _object_type(bits)
         if core == 22:
             bits.read(4)  # extensionChannelConfiguration
     frame_length = 1024
     if core in GA_OBJECT_TYPES:
         frame_length = 960 if bits.read(1) else 1024
-    return AacConfig(object_type, core, index, rate, channels, frame_length, bytes(data))
+        if object_type == core and core in ADTS_OBJECT_TYPES and channels:
+            output_rate = _backward_compatible_sbr_rate(bits) or output_rate
+    return AacConfig(object_type, core, index, rate, channels, frame_length, bytes(data), output_rate)
+
+
+def _backward_compatible_sbr_rate(bits: _Bits) -> int | None:
+    """The SBR output rate signalled after the GASpecificConfig of plain AAC (ISO/IEC 14496-3 1.6.2.1:
+    syncExtensionType 0x2B7, extension object type 5, sbrPresentFlag), as iTunes and many encoders write
+    HE-AAC; None when absent. Optional trailing bits: anything unexpected only means "not signalled"."""
+    try:
+        if bits.read(1):  # dependsOnCoreCoder
+            bits.read(14)  # coreCoderDelay
+        if bits.read(1):  # extensionFlag: for object types 1-4 only extensionFlag3 follows
+            bits.read(1)
+        if bits.remaining() < 16 or bits.read(11) != SBR_SYNC_EXTENSION:
+            return None
+        if _object_type(bits) != 5 or not bits.read(1):  # SBR, sbrPresentFlag
+            return None
+        return _frequency(bits)[1]
+    except MalformedMedia:
+        return None
 
 
 # -- MPEG audio frame headers --------------------------------------------------------------------
@@ -395,12 +436,32 @@ def sample_entry(data: bytes, track: Track, limits: Limits | None = None) -> Ent
         rate = int(exact) if 0 < exact < 1e7 else 0
         channels = U32.unpack_from(data, at + 40)[0]
     info = EntryInfo(ENTRY_CODECS.get(entry.type, entry.name.strip() or "unknown"), rate, channels)
+    if entry.type in FIXED_FORMATS:  # 3GPP TS 26.244: the entry's rate and channel count are not used
+        info.sample_rate, info.channels = FIXED_FORMATS[entry.type]
+    elif entry.type == b"ac-3":
+        _ac3_format(data, entry, at + 28 + extra, info)
     if entry.type in (b"mp4a", b"enca"):
         esds = _find_esds(data, at + 28 + extra, entry.end, limits.max_box_depth)
         if esds is not None and entry.type == b"mp4a":
             info.object_type_indication, info.specific = parse_esds(data, esds)
             info.codec = OTI_CODECS.get(info.object_type_indication, f"mp4a.{info.object_type_indication:02X}")
     return info
+
+
+def _ac3_format(data: bytes, entry: Box, first_child: int, info: EntryInfo) -> None:
+    """Rate and channels of AC-3 from its ``dac3`` box (ETSI TS 102 366 F.4): the entry's channel
+    count is always 2, whatever the stream holds (5.1 is common)."""
+    try:
+        dac3 = next((child for child in iter_children(data, first_child, entry.end) if child.type == b"dac3"), None)
+    except MalformedMedia:  # only facts for --info: a damaged box after the entry's fields leaves them as they are
+        return
+    if dac3 is None or dac3.payload_size < 3:
+        return
+    bits = int.from_bytes(data[dac3.payload_offset:dac3.payload_offset + 3], "big")
+    fscod, acmod, lfeon = bits >> 22, (bits >> 11) & 7, (bits >> 10) & 1
+    if fscod < len(AC3_RATES):
+        info.sample_rate = AC3_RATES[fscod]
+    info.channels = AC3_CHANNELS[acmod] + lfeon
 
 
 def _samples_per_chunk(stsc: list[tuple[int, int]], chunk_count: int) -> Iterator[int]:
@@ -559,7 +620,9 @@ def _fragment_samples(source: Source, movie: Movie, track: Track, limits: Limits
 def _mp4_frames(source: Source, movie: Movie, track: Track, limits: Limits,
                 config: AacConfig | None) -> Iterator[Frame]:
     mean = track.duration_seconds / track.sample_count if track.sample_count else 0.0
-    for offset, size in _table_samples(movie.data, track, limits):
+    # samples after the end of the edit list are never presented: ADTS/MP3 cannot hide them, so they go
+    shown = presented_samples(movie, track, limits)
+    for offset, size in islice(_table_samples(movie.data, track, limits), shown):
         _check_frame(offset, size, source)
         yield offset, size, config, mean
     if movie.fragmented:
@@ -585,7 +648,7 @@ def _entry_codec(movie: Movie, track: Track, source: Source, limits: Limits) -> 
         if entry.specific is None:
             raise MalformedMedia(f"AAC track {track.track_id} has no AudioSpecificConfig")
         config = parse_audio_specific_config(entry.specific)
-        entry.sample_rate, entry.channels = config.sample_rate, config.channels or entry.channels
+        entry.sample_rate, entry.channels = config.decoded_rate, config.channels or entry.channels
     elif entry.codec == "mp3":
         first = _first_sample(movie, track, source, limits)
         frame = mpeg_audio_frame(source.read(first[0], 4)) if first else None
@@ -633,6 +696,12 @@ def _mp4_description(source: Source, limits: Limits) -> dict:
 
 SOUND_AAC = 10
 SOUND_MP3 = (2, 14)
+SOUND_ENHANCED = 9
+#: SoundRate (bits 2-3 of an audio tag's first byte), and the formats whose rate is fixed instead.
+FLV_RATES = (5512, 11025, 22050, 44100)
+FLV_FIXED_RATES = {4: 16000, 5: 8000, 7: 8000, 8: 8000, 11: 16000}
+#: Nellymoser and Speex are mono whatever SoundType says.
+FLV_MONO_FORMATS = frozenset({4, 5, 6, 11})
 
 
 @dataclass
@@ -730,17 +799,45 @@ def _flv_stream(source: Source, limits: Limits, selector: str | None) -> AudioSt
     rate, channels = 0, 0
     if first.sound_format == SOUND_AAC:
         config = _flv_config(source, first)
-        rate, channels = config.sample_rate, config.channels
+        rate, channels = config.decoded_rate, config.channels
     elif first.sound_format in SOUND_MP3:
         frame = mpeg_audio_frame(first.peek[TAG_HEADER_SIZE + 1:])
         if frame:
             rate, channels = frame[1], frame[3]
+    elif first.sound_format != SOUND_ENHANCED:
+        rate, channels = _flv_header_format(first)
     codec = first.codec
     framed = first.sound_format == SOUND_AAC or first.sound_format in SOUND_MP3
-    if first.sound_format == 9:  # Enhanced RTMP: the codec is known but its framing is not handled here
+    if first.sound_format == SOUND_ENHANCED:  # Enhanced RTMP: the codec is known but its framing is not handled here
         codec = f"{codec} (enhanced FLV)"
     frames = _flv_frames(source, first, {}) if framed else iter(())
     return AudioStream(codec, 0, rate, channels, config, frames)
+
+
+def _flv_header_format(first: _FlvAudio) -> tuple[int, int]:
+    """(rate, channels) from the tag header, for codecs without a config or frame header of their own."""
+    byte = first.peek[TAG_HEADER_SIZE]
+    rate = FLV_FIXED_RATES.get(first.sound_format, FLV_RATES[(byte >> 2) & 3])
+    return rate, 1 if first.sound_format in FLV_MONO_FORMATS else (byte & 1) + 1
+
+
+def _flv_tag_count(source: Source, first: _FlvAudio) -> tuple[int, float]:
+    """(audio tags, seconds) of a codec whose frames this module does not parse (ADPCM, PCM, Nellymoser...).
+
+    Tags have no durations: the audio lasts from the first tag's time to the last one's,
+    plus the last spacing between two tags (a gap longer than a second is not a frame).
+    """
+    count, first_ms, previous, last = 0, 0, 0, 0
+    for pos, kind, size, peek in _flv_tags(source, first.pos):
+        if kind & TYPE_MASK != TAG_AUDIO or not size:
+            continue
+        _audio_tag_data(source, pos, size, peek)
+        stamp = TAG_HEAD.unpack_from(peek)[1]
+        previous, last = last, (stamp >> 8) | ((stamp & 0xFF) << 24)
+        first_ms = last if not count else first_ms
+        count += 1
+    spacing = last - previous if count > 1 and 0 < last - previous <= 1000 else 0
+    return count, max(0, last - first_ms + spacing) / 1000
 
 
 def _flv_description(source: Source, limits: Limits) -> dict:
@@ -752,6 +849,9 @@ def _flv_description(source: Source, limits: Limits) -> dict:
     for _, _, _, seconds in stream.frames:
         samples += 1
         duration += seconds
+    first = _first_flv_audio(source)
+    if first.sound_format not in (SOUND_AAC, SOUND_ENHANCED, *SOUND_MP3):
+        samples, duration = _flv_tag_count(source, first)
     track = {"index": 1, "track_id": None, "codec": stream.codec, "language": "und", "duration": round(duration, 6),
              "samples": samples, "sample_rate": stream.sample_rate, "channels": stream.channels}
     return {"container": "flv", "duration": track["duration"], "tracks": [track]}

@@ -49,10 +49,10 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from itertools import accumulate, compress, pairwise, repeat
+from itertools import accumulate, compress, islice, pairwise, repeat
 from operator import mul, sub
 
 import numpy as np
@@ -67,7 +67,7 @@ from .progressive import plan_progressive
 from .tables import SampleSizes, big_endian_array, counted_entries
 from .tracks import Track, chunk_first_samples_of
 
-__all__ = ["clip_movie", "plan_clipped", "ClippedMovie"]
+__all__ = ["clip_movie", "plan_clipped", "presented_samples", "ClippedMovie"]
 
 LITTLE_ENDIAN = sys.byteorder == "little"
 U32 = struct.Struct(">I")
@@ -296,23 +296,55 @@ def _cut_track(data: bytes, track: Track, movie_scale: int, start: float | None,
                 segment, first, last), track_end
 
 
-def _read_edit(data: bytes, track: Track, scale: int, movie_scale: int, limits: Limits) -> _Edit:
-    """Leading empty edits and the first non-empty edit of the track (no edit list: identity)."""
+def _edit_entries(data: bytes, track: Track, limits: Limits) -> Iterator[tuple[int, int]]:
+    """The track's edits as (duration in the movie timescale, media_time), lazily; none without an edit list."""
     edts = only_child(data, track.box, b"edts", required=False)
     elst = None if edts is None else only_child(data, edts, b"elst", required=False)
     if elst is None:
-        return _Edit(0, 0, None)
+        return
     version = full_box_version(data, elst)
     entry = ELST_V1 if version == 1 else ELST_V0
     count, first = counted_entries(data, elst, 4, entry.size, limits.max_table_entries)
+    for duration, media_time, _rate in entry.iter_unpack(memoryview(data)[first:first + count * entry.size]):
+        yield duration, media_time
+
+
+def _read_edit(data: bytes, track: Track, scale: int, movie_scale: int, limits: Limits) -> _Edit:
+    """Leading empty edits and the first non-empty edit of the track (no edit list: identity)."""
     empty = 0
-    for duration, media_time, _rate in entry.iter_unpack(data[first:first + count * entry.size]):
+    for duration, media_time in _edit_entries(data, track, limits):
         if media_time < 0:  # -1: an empty edit (other negative values are treated alike)
             empty += duration
             continue
         media_end = None if duration == 0 else media_time + Fraction(duration * scale, movie_scale)
         return _Edit(empty, media_time, media_end)
     return _Edit(0, 0, None)  # only empty edits: present the media as it is
+
+
+def presented_samples(movie: Movie, track: Track, limits: Limits) -> int | None:
+    """How many samples of ``track`` begin before the end of its only media edit.
+
+    The samples after it are never presented: demuxers drop them (FFmpeg does) and a
+    clip never keeps them, so raw outputs that cannot carry an edit list (ADTS, MP3)
+    must leave them out too. Leading samples hidden by ``media_time`` (priming) are
+    not counted out: decoders need them. None when nothing ends the media: no edit
+    list, an open edit (duration 0), several media edits (their union is shown), or
+    a fragmented movie (its edit also spans the fragments).
+    """
+    if movie.fragmented or track.stbl is None or not movie.timescale or not track.timescale:
+        return None
+    media_edits = (time for _, time in _edit_entries(movie.data, track, limits) if time >= 0)
+    if sum(1 for _ in islice(media_edits, 2)) != 1:
+        return None
+    edit = _read_edit(movie.data, track, track.timescale, movie.timescale, limits)
+    stts = only_child(movie.data, track.stbl, b"stts", required=False)
+    if edit.media_end is None or stts is None:
+        return None
+    timing = _Timing(*_runs(movie.data, stts, 0, limits))
+    if not timing.samples or edit.media_end >= timing.dts(timing.samples):
+        return None  # the edit ends after the timed samples (or nothing is timed): it cuts nothing
+    before = math.ceil(edit.media_end - TICK_SLACK) - 1  # the last whole tick before the edit's end
+    return 0 if before < 0 else timing.sample_at(before) + 1
 
 
 def _runs(data: bytes, box: Box, head: int, limits: Limits) -> tuple[array, array]:
