@@ -677,9 +677,21 @@ def write_rendition(path: str, out: IO[bytes], *, track: str | None = None, limi
             if progress is not None:
                 progress(written, total)
     info = plan.info
+    duration = info.get("duration") or None
+    if info.get("fragmented"):
+        duration = _fragmented_duration(path, info, limits)
     return {"format": "flv" if container is Container.FLV else "m4a", "method": "copy",
-            "content_type": plan.content_type, "size": written, "duration": info.get("duration") or None,
+            "content_type": plan.content_type, "size": written, "duration": duration,
             "tracks": len(info.get("tracks") or ())}
+
+
+def _fragmented_duration(path: str, info: dict, limits: Limits) -> float | None:
+    """The kept tracks' duration in a fragmented file: the moov's headers describe only its own samples (none
+    with ``empty_moov``, the first second in a partially fragmented file), so the fragments are counted too."""
+    kept = {track["track_id"] for track in info.get("tracks") or ()}
+    with open(path, "rb") as handle:
+        facts = describe(FileSource(handle), limits)
+    return max((track["duration"] for track in facts["tracks"] if track["track_id"] in kept), default=0.0) or None
 
 
 def _report(args: argparse.Namespace, summary: dict) -> None:

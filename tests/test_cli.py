@@ -98,6 +98,26 @@ def test_output_extension_picks_the_format(copy, tmp_path):
     assert target.read_bytes()[:2] == b"\xff\xf1"
 
 
+def _audio_seconds(path) -> float:
+    """PyAV's span of the audio: first packet's start to the last one's end."""
+    stream = next(info for info in media.probe(path) if info.type == "audio")
+    first, last = stream.packets[0], stream.packets[-1]
+    return float((last[1] + last[3] - first[1]) * stream.time_base)
+
+
+@pytest.mark.parametrize("movflags", ["frag_keyframe+empty_moov+default_base_moof", "frag_keyframe+default_base_moof"],
+                         ids=["empty_moov", "partially_fragmented"])
+def test_the_summary_of_a_fragmented_file_counts_its_fragments(movflags, tmp_path, capsys):
+    """The moov's headers describe only its own samples (none, or the first second): the summary's
+    duration was missing (empty_moov) or a third of the audio (partially fragmented)."""
+    source = tmp_path / "fragmented.mp4"
+    media._encode(media.KindInfo(".mp4", "mp4", media._V264, (media._A,), movflags, "fragmented"), source)
+    assert main([str(source), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["duration"] == pytest.approx(_audio_seconds(source), abs=1e-3)
+    assert _audio_seconds(summary["output"]) == pytest.approx(_audio_seconds(source), abs=1e-3)
+
+
 def test_mp3_from_aac_is_transcoded(copy, capsys):
     if not elementary.transcoding_available("mp3"):
         pytest.skip("no MP3 encoder")
