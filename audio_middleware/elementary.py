@@ -74,8 +74,9 @@ SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 1
 GA_OBJECT_TYPES = frozenset({1, 2, 3, 4, 6, 7, 17, 19, 20, 21, 22, 23})
 #: Object types ADTS can carry (Main, LC, SSR, LTP): their GASpecificConfig has no extra fields.
 ADTS_OBJECT_TYPES = frozenset({1, 2, 3, 4})
-#: syncExtensionType announcing backward-compatible SBR signalling after a GASpecificConfig.
+#: syncExtensionTypes announcing backward-compatible SBR, then PS, signalling after a GASpecificConfig.
 SBR_SYNC_EXTENSION = 0x2B7
+PS_SYNC_EXTENSION = 0x548
 #: Largest frame accepted from any source: a real AAC/MP3 frame is a few KB.
 MAX_FRAME = 1024 * 1024
 #: Largest AudioSpecificConfig read from an FLV tag.
@@ -135,10 +136,17 @@ class AacConfig:
     #: The rate the decoded audio has: SBR's extension rate when the config signals it (HE-AAC at
     #: 22.05 kHz core plays at 44.1 kHz, and every player and prober says so), else the core's.
     output_rate: int = 0
+    #: Parametric stereo (HE-AAC v2): a mono core that decodes to two channels.
+    parametric_stereo: bool = False
 
     @property
     def decoded_rate(self) -> int:
         return self.output_rate or self.sample_rate
+
+    @property
+    def decoded_channels(self) -> int:
+        """The channels the decoded audio has (ADTS keeps the core's ``channels``)."""
+        return 2 if self.parametric_stereo and self.channels == 1 else self.channels
 
     def adts_problem(self) -> str | None:
         """Why this stream cannot be carried in ADTS, or None."""
@@ -187,7 +195,7 @@ def parse_audio_specific_config(data: bytes) -> AacConfig:
     object_type = _object_type(bits)
     index, rate = _frequency(bits)
     channels = bits.read(4)
-    core, output_rate = object_type, rate
+    core, output_rate, parametric_stereo = object_type, rate, object_type == 29
     if object_type in (5, 29):  # explicit SBR/PS signalling: extension rate, then the core type
         output_rate = _frequency(bits)[1]
         core = _object_type(bits)
@@ -197,26 +205,31 @@ def parse_audio_specific_config(data: bytes) -> AacConfig:
     if core in GA_OBJECT_TYPES:
         frame_length = 960 if bits.read(1) else 1024
         if object_type == core and core in ADTS_OBJECT_TYPES and channels:
-            output_rate = _backward_compatible_sbr_rate(bits) or output_rate
-    return AacConfig(object_type, core, index, rate, channels, frame_length, bytes(data), output_rate)
+            sbr_rate, parametric_stereo = _backward_compatible_extensions(bits)
+            output_rate = sbr_rate or output_rate
+    return AacConfig(object_type, core, index, rate, channels, frame_length, bytes(data), output_rate,
+                     parametric_stereo)
 
 
-def _backward_compatible_sbr_rate(bits: _Bits) -> int | None:
-    """The SBR output rate signalled after the GASpecificConfig of plain AAC (ISO/IEC 14496-3 1.6.2.1:
-    syncExtensionType 0x2B7, extension object type 5, sbrPresentFlag), as iTunes and many encoders write
-    HE-AAC; None when absent. Optional trailing bits: anything unexpected only means "not signalled"."""
+def _backward_compatible_extensions(bits: _Bits) -> tuple[int | None, bool]:
+    """(SBR output rate or None, PS present) signalled after the GASpecificConfig of plain AAC
+    (ISO/IEC 14496-3 1.6.2.1 and 1.6.5: syncExtensionType 0x2B7, extension object type 5,
+    sbrPresentFlag, then optionally 0x548 and psPresentFlag), as iTunes and many encoders write
+    HE-AAC (v2). Optional trailing bits: anything unexpected only means "not signalled"."""
     try:
         if bits.read(1):  # dependsOnCoreCoder
             bits.read(14)  # coreCoderDelay
         if bits.read(1):  # extensionFlag: for object types 1-4 only extensionFlag3 follows
             bits.read(1)
         if bits.remaining() < 16 or bits.read(11) != SBR_SYNC_EXTENSION:
-            return None
+            return None, False
         if _object_type(bits) != 5 or not bits.read(1):  # SBR, sbrPresentFlag
-            return None
-        return _frequency(bits)[1]
+            return None, False
+        rate = _frequency(bits)[1]
+        parametric_stereo = bits.remaining() >= 12 and bits.read(11) == PS_SYNC_EXTENSION and bool(bits.read(1))
+        return rate, parametric_stereo
     except MalformedMedia:
-        return None
+        return None, False
 
 
 # -- MPEG audio frame headers --------------------------------------------------------------------
@@ -648,7 +661,7 @@ def _entry_codec(movie: Movie, track: Track, source: Source, limits: Limits) -> 
         if entry.specific is None:
             raise MalformedMedia(f"AAC track {track.track_id} has no AudioSpecificConfig")
         config = parse_audio_specific_config(entry.specific)
-        entry.sample_rate, entry.channels = config.decoded_rate, config.channels or entry.channels
+        entry.sample_rate, entry.channels = config.decoded_rate, config.decoded_channels or entry.channels
     elif entry.codec == "mp3":
         first = _first_sample(movie, track, source, limits)
         frame = mpeg_audio_frame(source.read(first[0], 4)) if first else None
@@ -799,7 +812,7 @@ def _flv_stream(source: Source, limits: Limits, selector: str | None) -> AudioSt
     rate, channels = 0, 0
     if first.sound_format == SOUND_AAC:
         config = _flv_config(source, first)
-        rate, channels = config.decoded_rate, config.channels
+        rate, channels = config.decoded_rate, config.decoded_channels
     elif first.sound_format in SOUND_MP3:
         frame = mpeg_audio_frame(first.peek[TAG_HEADER_SIZE + 1:])
         if frame:

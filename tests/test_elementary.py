@@ -100,6 +100,26 @@ def test_he_aac_explicit_signalling_uses_the_core_type_and_rate():
     assert config.adts_header(100)[2] >> 6 == 1  # profile = core type - 1 (LC)
 
 
+def _sbr_ps_trailer(ps: bool) -> Bits:
+    """Plain mono AAC LC at 24 kHz, then backward-compatible SBR (to 48 kHz) and optionally PS signalling
+    (ISO/IEC 14496-3 1.6.5: syncExtensionType 0x2B7, object type 5, sbrPresentFlag, extension rate index;
+    syncExtensionType 0x548, psPresentFlag)."""
+    bits = Bits().put(2, 5).put(6, 4).put(1, 4).put(0, 3).put(0x2B7, 11).put(5, 5).put(1, 1).put(3, 4)
+    return bits.put(0x548, 11).put(1, 1) if ps else bits
+
+
+@pytest.mark.parametrize("raw, decoded", [
+    (Bits().put(29, 5).put(6, 4).put(1, 4).put(3, 4).put(2, 5).put(0, 3).bytes(), (48000, 2)),  # explicit PS
+    (_sbr_ps_trailer(ps=True).bytes(), (48000, 2)),   # backward compatible SBR + PS
+    (_sbr_ps_trailer(ps=False).bytes(), (48000, 1)),  # backward compatible SBR only: still mono
+], ids=["explicit_ps", "implicit_sbr_ps", "implicit_sbr"])
+def test_he_aac_v2_decodes_to_stereo_while_adts_keeps_the_mono_core(raw, decoded):
+    config = parse_audio_specific_config(raw)
+    assert (config.decoded_rate, config.decoded_channels) == decoded
+    assert (config.core_type, config.sample_rate, config.channels) == (2, 24000, 1)
+    assert (config.adts_header(100)[3] >> 6) | ((config.adts_header(100)[2] & 1) << 2) == 1  # channel config
+
+
 def test_escaped_object_type_cannot_go_in_adts():
     config = parse_audio_specific_config(Bits().put(31, 5).put(10, 6).put(4, 4).put(1, 4).bytes())
     assert config.object_type == 42
