@@ -75,6 +75,9 @@ VIDEO_EXTENSION = re.compile(r"\.(?:mp4|mov|m4v|f4v)(?=[\"';\s]|$)", re.IGNORECA
 #: file, uncompressed, and we evaluate conditionals against the audio rendition ourselves.
 UPSTREAM_DROPPED = ("HTTP_RANGE", "HTTP_IF_RANGE", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_MATCH",
                     "HTTP_IF_UNMODIFIED_SINCE", "HTTP_ACCEPT_ENCODING")
+#: Response headers with which an app leaves the body to the front server (nginx, Apache mod_xsendfile,
+#: lighttpd): the body the middleware gets is empty, so there is nothing to extract from.
+FRONT_SERVER_FILE = ("X-Accel-Redirect", "X-Sendfile", "X-Lighttpd-Send-File")
 #: Response headers that describe the video bytes (or the hop) and never the audio rendition.
 RESPONSE_DROPPED = ("Content-Length", "Content-Type", "ETag", "Content-Range", "Accept-Ranges", "Content-Location",
                     "Content-MD5", "Digest", "Content-Digest", "Repr-Digest", "Transfer-Encoding", "Connection",
@@ -194,6 +197,10 @@ class AudioOnlyMiddleware:
         declared, worth_sniffing = by_content_type(mimetype)
         if declared is None and not worth_sniffing:
             return self._pass_through(environ, start_response, upstream, server_wrapper, None, head)
+        handed_off = next((name for name in FRONT_SERVER_FILE if name in upstream.headers), None)
+        if handed_off is not None:
+            raise UnsupportedMedia(f"the app leaves the file to the front server ({handed_off}): the middleware "
+                                   "never sees its bytes; serve the video from the app to extract its audio")
 
         source = self._initial_source(upstream)
         found = by_signature(source.read(0, 16))

@@ -33,6 +33,8 @@ class Validators:
     source: str | None
     etag: str | None
     last_modified: str | None
+    #: Whether ``last_modified`` is a strong validator (:func:`settled_date`), as If-Range needs.
+    last_modified_strong: bool = False
 
     @property
     def strong(self) -> bool:
@@ -50,17 +52,18 @@ def validators_for(headers: Headers, variant: tuple) -> Validators:
     last_modified = headers.get("Last-Modified")
     etag_header = headers.get("ETag")
     length = headers.get("Content-Length")
+    settled = last_modified is not None and settled_date(last_modified, headers.get("Date"))
     source: str | None
     if etag_header:
         value, weak = unquote_etag(etag_header)
         source = f"etag:{etag_header}"
     elif last_modified and length:
-        value, weak = f"{last_modified}|{length}", not settled_date(last_modified, headers.get("Date"))
+        value, weak = f"{last_modified}|{length}", not settled
         source = None if weak else f"lm:{last_modified}|{length}"
     else:
-        return Validators(None, None, last_modified)
+        return Validators(None, None, last_modified, settled)
     digest = hashlib.sha1(f"{OUTPUT_VERSION}|{value}|{variant!r}".encode()).hexdigest()[:20]
-    return Validators(source, quote_etag(f"audio-{digest}", bool(weak)), last_modified)
+    return Validators(source, quote_etag(f"audio-{digest}", bool(weak)), last_modified, settled)
 
 
 def settled_date(last_modified: str, date: str | None) -> bool:
@@ -122,7 +125,8 @@ def if_range_allows(environ: dict, validators: Validators) -> bool:
         if not raw.strip().startswith('"') or not validators.strong:
             return False
         return unquote_etag(validators.etag)[0] == if_range.etag
-    if if_range.date is not None and validators.last_modified:
+    if if_range.date is not None and validators.last_modified_strong:
+        # RFC 9110 13.1.5: a date matches only a strong Last-Modified (one a second older than the answer)
         return parse_date(validators.last_modified) == if_range.date
     return False
 

@@ -468,6 +468,19 @@ def test_a_last_modified_younger_than_a_second_is_a_weak_validator(media, tmp_pa
     assert listing(store) == []
 
 
+@pytest.mark.parametrize(("age", "partial"), [(7200, True), (-60, False)], ids=["settled", "this_second"])
+def test_if_range_with_a_date_needs_a_strong_last_modified(media, tmp_path, age, partial):
+    """RFC 9110 13.1.5: an If-Range date counts only against a strong Last-Modified; against one that is
+    not yet a second old the condition is false and the whole rendition is sent (it got a 206)."""
+    path = tmp_path / "v.mp4"
+    shutil.copy(media("mp4_faststart"), path)
+    os.utime(path, (time.time() - age, time.time() - age))
+    middleware = AudioOnlyMiddleware(FileApp(path, etag=None))
+    _, headers, whole = call(middleware)
+    status, _, body = call(middleware, HTTP_RANGE="bytes=0-9", HTTP_IF_RANGE=dict(headers)["Last-Modified"])
+    assert (status, body) == (("206 Partial Content", whole[:10]) if partial else ("200 OK", whole))
+
+
 def test_a_lazy_plan_is_stored_once_recorded(media, tmp_path):
     """A streamed (chunked) answer is not stored; the sized one made from its recording is."""
     path = media("flv_aac")
