@@ -6,11 +6,11 @@ and returns a plan. The command line and the job API use it directly.
 
 from __future__ import annotations
 
-from ..errors import MalformedMedia, NeedsRandomAccess, NoAudioTrack
+from ..errors import NeedsRandomAccess, NoAudioTrack
 from ..limits import Limits
 from ..plan import LazyPlan, Plan, Span, Spans
 from ..sources import Source
-from .layout import find_moov
+from .layout import Layout, check_gone_past, find_moov
 from .movie import parse_movie, select_audio
 from .progressive import plan_progressive
 
@@ -47,20 +47,14 @@ def plan_mp4(source: Source, limits: Limits, *, track: str | None = None, start:
     else:
         plan = plan_progressive(layout, movie, kept, source.size, limits)
     if not source.random_access and not skip_media:
-        _check_streamable(plan, layout.moov_box.end)
+        _check_streamable(plan, layout)
     return plan
 
 
-def _check_streamable(plan: Plan, position: int) -> None:
-    """On a forward-only body read up to the end of the moov, no audio can come from before it.
-
-    Only a hostile file points chunks into its own ``ftyp``/``moov``; a file
-    could still serve those bytes, a stream has gone past them.
-    """
-    # spans increase in a streamable plan: the first one decides
+def _check_streamable(plan: Plan, layout: Layout) -> None:
+    """A progressive plan on a forward-only body: its first span decides (spans increase in a streamable plan)."""
     firsts = (piece.offset if isinstance(piece, Span) else piece.offsets[0]
               for piece in plan.pieces if isinstance(piece, Span) or isinstance(piece, Spans) and len(piece))
     first = next(firsts, None)
-    if first is not None and first < position:
-        raise MalformedMedia(f"audio chunk at byte {first} lies before the end of the moov (byte {position}), "
-                             "which a forward-only body has already gone past")
+    if first is not None:
+        check_gone_past(first, layout)

@@ -30,7 +30,7 @@ from ..limits import Limits
 from ..plan import LazyPlan, Literal, Piece, Plan, Span, Spans
 from ..sources import Source, read_exact
 from .boxes import Box, box_header, build_box, full_box_version, iter_children, parse_header
-from .layout import Layout, read_top_header
+from .layout import Layout, check_gone_past, read_top_header
 from .movie import Movie
 from .progressive import build_head, content_type_for, describe
 from .tracks import Track
@@ -346,12 +346,12 @@ def plan_fragmented(source: Source, layout: Layout, movie: Movie, kept: list[Tra
         pieces = _walk(source, 0, Spans((), ()), after_head, kept_ids, trex, limits)
         return Plan((*head.literals, *first, *pieces), content_type, info)
     # A forward-only source is past the moov (it was read before any media data).
-    start = _streamable_from(source, layout.moov_box.end, head.spans, kept_ids, trex, limits)
+    start = _streamable_from(source, layout, head.spans, kept_ids, trex, limits)
     pieces = _walk(source, start, head.spans, after_head, kept_ids, trex, limits)
     return LazyPlan(chain(head.literals, pieces), content_type, info)
 
 
-def _streamable_from(source: Source, start: int, interleaved: Spans, kept_ids: set[int],
+def _streamable_from(source: Source, layout: Layout, interleaved: Spans, kept_ids: set[int],
                      trex: dict[int, tuple[int, int]], limits: Limits) -> int:
     """Where a forward-only walk begins, after checking, before any byte is sent, the boxes in front
     of the first moov-described sample (none in the usual layout: it lies in the box after the moov).
@@ -361,12 +361,11 @@ def _streamable_from(source: Source, start: int, interleaved: Spans, kept_ids: s
     where the walk could only abort the answer half-way. Only headers and such moofs are read;
     the boxes passed hold nothing the walk would send.
     """
+    start = layout.moov_box.end
     if not len(interleaved):
         return start
     first = interleaved.offsets[0]
-    if first < start:  # as plan_mp4 checks a progressive plan: only a hostile file does this
-        raise MalformedMedia(f"audio chunk at byte {first} lies before the end of the moov (byte {start}), "
-                             "which a forward-only body has already gone past")
+    check_gone_past(first, layout)
     for _ in range(limits.max_top_level_boxes):
         box = read_top_header(source, start)
         if box is None or box.end > first:

@@ -88,3 +88,14 @@ def find_moov(source: Source, limits: Limits, *, skip_media: bool = False) -> La
             read_exact(source, box.offset, box.size, f"the '{box.name}' box")
         offset = box.end
     raise MalformedMedia("no moov box found")
+
+
+def check_gone_past(first: int, layout: Layout) -> None:
+    """On a forward-only body read up to the end of the moov, no audio can come from before it.
+
+    Only a hostile file points chunks into its own ``ftyp``/``moov``; a file
+    could still serve those bytes, a stream has gone past them.
+    """
+    if first < layout.moov_box.end:
+        raise MalformedMedia(f"audio chunk at byte {first} lies before the end of the moov (byte "
+                             f"{layout.moov_box.end}), which a forward-only body has already gone past")
