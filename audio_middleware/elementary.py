@@ -807,7 +807,11 @@ def _flv_config(source: Source, first: _FlvAudio) -> AacConfig:
 def _flv_stream(source: Source, limits: Limits, selector: str | None) -> AudioStream:
     if selector not in (None, "", "1"):
         raise NoAudioTrack(f"an FLV file has a single audio stream; there is no track {selector!r}")
-    first = _first_flv_audio(source)
+    return _flv_stream_from(source, _first_flv_audio(source))
+
+
+def _flv_stream_from(source: Source, first: _FlvAudio) -> AudioStream:
+    """The audio stream whose first tag is ``first``: its facts, and its frames when AAC or MPEG audio."""
     config = None
     rate, channels = 0, 0
     if first.sound_format == SOUND_AAC:
@@ -855,14 +859,14 @@ def _flv_tag_count(source: Source, first: _FlvAudio) -> tuple[int, float]:
 
 def _flv_description(source: Source, limits: Limits) -> dict:
     try:
-        stream = _flv_stream(source, limits, None)
+        first = _first_flv_audio(source)
     except NoAudioTrack:
         return {"container": "flv", "duration": 0.0, "tracks": []}
+    stream = _flv_stream_from(source, first)
     samples, duration = 0, 0.0
     for _, _, _, seconds in stream.frames:
         samples += 1
         duration += seconds
-    first = _first_flv_audio(source)
     if first.sound_format not in (SOUND_AAC, SOUND_ENHANCED, *SOUND_MP3):
         samples, duration = _flv_tag_count(source, first)
     track = {"index": 1, "track_id": None, "codec": stream.codec, "language": "und", "duration": round(duration, 6),
