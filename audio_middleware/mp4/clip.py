@@ -214,6 +214,12 @@ class _Timing:
         step = count - 1 if not delta else min(count - 1, (ticks - self.first_time[run]) // delta)
         return self.first_sample[run] + step
 
+    def samples_before(self, stop: Fraction) -> int:
+        """How many samples begin before ``stop`` (ticks, maybe fractional): a window ``[start, stop)`` keeps
+        a frame that begins a rounding error (:data:`TICK_SLACK`) before ``stop``, not one at it."""
+        before = math.ceil(stop - TICK_SLACK) - 1  # the last whole tick strictly before ``stop``
+        return 0 if before < 0 else self.sample_at(before) + 1
+
 
 @dataclass
 class _Cut:
@@ -278,8 +284,7 @@ def _cut_track(data: bytes, track: Track, movie_scale: int, start: float | None,
     if end is None and edit.media_end is None:
         end_sample = total
     else:
-        before = math.ceil(stop - TICK_SLACK) - 1  # the last whole tick strictly before ``stop``
-        end_sample = 0 if before < 0 else min(timing.sample_at(before) + 1, total)
+        end_sample = min(timing.samples_before(stop), total)
     if end_sample <= first_sample:
         return None, track_end
 
@@ -343,8 +348,7 @@ def presented_samples(movie: Movie, track: Track, limits: Limits) -> int | None:
     timing = _Timing(*_runs(movie.data, stts, 0, limits))
     if not timing.samples or edit.media_end >= timing.dts(timing.samples):
         return None  # the edit ends after the timed samples (or nothing is timed): it cuts nothing
-    before = math.ceil(edit.media_end - TICK_SLACK) - 1  # the last whole tick before the edit's end
-    return 0 if before < 0 else timing.sample_at(before) + 1
+    return timing.samples_before(edit.media_end)
 
 
 def _runs(data: bytes, box: Box, head: int, limits: Limits) -> tuple[array, array]:
