@@ -133,15 +133,15 @@ def _rss_file_kb() -> int:
 
 def _spans_of(path: pathlib.Path) -> tuple[list[int], list[int]]:
     """The source offsets and lengths of every audio span of the file's (MP4 or FLV) rendition."""
+    from audio_middleware.elementary import sniff
     from audio_middleware.extract import Selection, plan_source
     from audio_middleware.limits import Limits
     from audio_middleware.plan import Span, Spans
-    from audio_middleware.sniff import by_signature
     from audio_middleware.sources import FileSource
 
     with open(path, "rb") as f:
         source = FileSource(f)
-        plan = plan_source(by_signature(source.read(0, 16)), source, Limits(), Selection())
+        plan = plan_source(sniff(source), source, Limits(), Selection())
     offsets: list[int] = []
     lengths: list[int] = []
     for piece in plan.pieces:
